@@ -1,0 +1,5 @@
+"""Lightning callbacks of dfad-lightning."""
+
+from dfad_lightning.callbacks.samples import SampleGrid
+
+__all__ = ["SampleGrid"]

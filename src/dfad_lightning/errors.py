@@ -1,0 +1,18 @@
+"""Errors a user can act on."""
+
+from __future__ import annotations
+
+
+class ConfigError(ValueError):
+    """A mistake in the run's configuration or inputs, reported without a traceback.
+
+    The message names the config key to change and what was found.
+
+    Args:
+        key: The config key to change, for example ``"teacher.checkpoint"``.
+        message: What is wrong and, where possible, what to do.
+    """
+
+    def __init__(self, key: str, message: str) -> None:
+        self.key = key
+        super().__init__(f"{key}: {message}")

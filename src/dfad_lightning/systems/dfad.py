@@ -1,0 +1,275 @@
+"""The DFAD LightningModule: the adversarial loop over teacher, student and generator."""
+
+from __future__ import annotations
+
+import warnings
+from collections.abc import Callable, Iterable
+from functools import partial
+from typing import Any
+
+import torch
+from lightning import LightningModule
+from lightning.pytorch.utilities.warnings import PossibleUserWarning
+from torch import Tensor, nn
+from torch.optim import SGD, Adam, Optimizer
+from torch.optim.lr_scheduler import LRScheduler
+from torchmetrics import Metric
+
+from dfad_lightning import losses
+
+OptimizerFactory = Callable[[Iterable[nn.Parameter]], Optimizer]
+SchedulerFactory = Callable[[Optimizer], LRScheduler]
+Discrepancy = Callable[[Tensor, Tensor], Tensor]
+Adversarial = Callable[[Tensor], Tensor]
+
+
+class DFAD(LightningModule):
+    """Data-Free Adversarial Distillation (Fang et al. 2019) of a frozen teacher into a student.
+
+    A generator G turns noise into inputs x = G(z). Each iteration has two stages: in the
+    *imitation* stage the student takes ``student_steps`` steps minimising the discrepancy
+    D(T(x), S(x)) on fresh samples of the fixed generator; in the *generation* stage G takes
+    one step maximising D on a fresh sample, with gradients flowing through the teacher and
+    the student. The teacher never changes and stays in eval mode. Training batches are the
+    noise of one iteration, ``(student_steps + 1, B, nz)`` (see
+    :class:`~dfad_lightning.data.DFADDataModule`); evaluation batches are real ``(x, y)`` pairs.
+
+    Subclasses adapt the method to a task by overriding a few hooks:
+
+    - :meth:`discrepancy`: the student's loss on one batch of outputs;
+    - :meth:`generator_loss`: the generator's loss on one batch of outputs;
+    - :meth:`synthesize`: how a noise batch becomes inputs;
+    - :meth:`validation_step`: how a real batch updates the evaluation metric.
+
+    Args:
+        teacher: The pretrained network; frozen here.
+        student: The network to train.
+        generator: Maps ``(B, nz)`` noise to inputs of the teacher.
+        metric: Evaluation metric of a network's outputs against real targets, a torchmetrics
+            ``Metric`` (for classification, top-1 accuracy); its ``higher_is_better`` decides
+            what "best" means. The teacher is measured with a clone of it.
+        metric_name: Short name used in logs: ``val/<name>``, ``val/<name>_best``,
+            ``val/teacher_<name>``.
+        discrepancy: ``D(student_out, teacher_out)``, minimised by the student.
+        adversarial: Turns D into the generator's loss (``losses.negative`` is ``-D``).
+        student_steps: Student steps per generator step (``k``, 5 in the paper).
+        student_optimizer: Builds the student's optimizer from its parameters.
+        generator_optimizer: Builds the generator's optimizer from its parameters.
+        student_scheduler: Builds the student's LR schedule, stepped once per epoch, or ``None``.
+        generator_scheduler: Builds the generator's LR schedule, stepped once per epoch, or ``None``.
+        checkpoint_teacher: Keep the teacher's weights in checkpoints. Off by default: the teacher
+            is rebuilt from its own file, and a large teacher would bloat every checkpoint.
+    """
+
+    def __init__(
+        self,
+        teacher: nn.Module,
+        student: nn.Module,
+        generator: nn.Module,
+        metric: Metric,
+        metric_name: str,
+        discrepancy: Discrepancy = losses.mae,
+        adversarial: Adversarial = losses.negative,
+        student_steps: int = 5,
+        student_optimizer: OptimizerFactory = partial(SGD, lr=0.1, momentum=0.9, weight_decay=5e-4),
+        generator_optimizer: OptimizerFactory = partial(Adam, lr=1e-3),
+        student_scheduler: SchedulerFactory | None = None,
+        generator_scheduler: SchedulerFactory | None = None,
+        checkpoint_teacher: bool = False,
+    ) -> None:
+        super().__init__()
+        if student_steps < 1:
+            raise ValueError(f"student_steps must be at least 1, got {student_steps}")
+        self.automatic_optimization = False
+        self.teacher = teacher.requires_grad_(False).eval()
+        self.student = student
+        self.generator = generator
+        self.student_metric = metric
+        self.teacher_metric = metric.clone()
+        self.metric_name = metric_name
+        self._discrepancy = discrepancy
+        self._adversarial = adversarial
+        self.student_steps = student_steps
+        self.student_optimizer = student_optimizer
+        self.generator_optimizer = generator_optimizer
+        self.student_scheduler = student_scheduler
+        self.generator_scheduler = generator_scheduler
+        self.checkpoint_teacher = checkpoint_teacher
+        # Scores live in buffers so that they travel with checkpoints and across devices.
+        self.register_buffer("teacher_score", torch.tensor(float("nan")))
+        self.register_buffer("last_score", torch.tensor(float("nan")))
+        self.register_buffer("best_score", torch.tensor(float("nan")))
+        self.register_buffer("best_epoch", torch.tensor(-1))
+
+    # ----------------------------------------------------------------------------------------
+    # Hooks for subclasses
+    # ----------------------------------------------------------------------------------------
+
+    def synthesize(self, z: Tensor) -> Tensor:
+        """Turn one noise batch ``(B, nz)`` into a batch of inputs for teacher and student.
+
+        Called once per step of either stage; under ``torch.no_grad()`` in the imitation stage,
+        with gradients in the generation stage.
+        """
+        out: Tensor = self.generator(z)
+        return out
+
+    def discrepancy(self, student_out: Tensor, teacher_out: Tensor) -> Tensor:
+        """The student's loss: a scalar discrepancy between its outputs and the teacher's.
+
+        Called in every student step (``teacher_out`` carries no gradient) and, through
+        :meth:`generator_loss`, in the generator step. The default is the configured
+        ``discrepancy`` (the paper's mean absolute error).
+        """
+        return self._discrepancy(student_out, teacher_out)
+
+    def generator_loss(self, student_out: Tensor, teacher_out: Tensor) -> Tensor:
+        """The generator's loss, a scalar to *minimise*; it must grow as the discrepancy shrinks.
+
+        Called once per iteration, in the generation stage; both outputs carry gradients back
+        to the generator. The default applies the configured ``adversarial`` objective to
+        :meth:`discrepancy` (``-D`` or ``-log(1 + D)``).
+        """
+        return self._adversarial(self.discrepancy(student_out, teacher_out))
+
+    # ----------------------------------------------------------------------------------------
+    # The DFAD loop
+    # ----------------------------------------------------------------------------------------
+
+    def training_step(self, z: Tensor, batch_idx: int) -> None:
+        """One DFAD iteration on the noise ``z`` of shape ``(student_steps + 1, B, nz)``."""
+        if z.shape[0] != self.student_steps + 1:
+            raise ValueError(f"expected {self.student_steps + 1} noise batches per iteration, got {z.shape[0]}")
+        opt_s, opt_g = self.optimizers()  # type: ignore[misc]
+
+        # Imitation stage: k student steps, each on a fresh sample of the fixed generator.
+        # Neither G nor T is trained here, so their forward passes need no graph.
+        for z_i in z[:-1]:
+            with torch.no_grad():
+                x = self.synthesize(z_i)
+                teacher_out = self.teacher(x)
+            loss_s = self.discrepancy(self.student(x), teacher_out)
+            opt_s.zero_grad(set_to_none=True)
+            self.manual_backward(loss_s)
+            opt_s.step()
+
+        # Generation stage: one generator step on a fresh sample, maximising the discrepancy.
+        # Gradients flow through T and S into G; toggling freezes the student's weights so that
+        # only G changes (and no student gradient is computed). The student stays in train mode,
+        # as in the authors' code: its BatchNorm uses, and records, this batch's statistics.
+        with self.toggled_optimizer(opt_g):
+            x = self.synthesize(z[-1])
+            loss_g = self.generator_loss(self.student(x), self.teacher(x))
+            opt_g.zero_grad(set_to_none=True)
+            self.manual_backward(loss_g)
+            opt_g.step()
+
+        self.log_dict({"train/loss_student": loss_s.detach(), "train/loss_generator": loss_g.detach()}, prog_bar=True)
+
+    def on_train_epoch_end(self) -> None:
+        """Step the LR schedules once per epoch (the paper's unit), after the epoch has run.
+
+        Under manual optimization Lightning leaves schedulers alone; stepping them here, at the
+        end of the epoch, keeps decays from landing one epoch early as in the authors' code.
+        """
+        for scheduler in self._schedulers():
+            scheduler.step()
+        opt_s, opt_g = self.optimizers()  # type: ignore[misc]
+        self.log_dict(
+            {"train/lr_student": opt_s.param_groups[0]["lr"], "train/lr_generator": opt_g.param_groups[0]["lr"]},
+        )
+
+    def configure_optimizers(self) -> Any:
+        """The student's optimizer first, the generator's second, and their schedules."""
+        opt_s = self.student_optimizer(self.student.parameters())
+        opt_g = self.generator_optimizer(self.generator.parameters())
+        pairs = ((self.student_scheduler, opt_s), (self.generator_scheduler, opt_g))
+        schedulers = [factory(opt) for factory, opt in pairs if factory is not None]
+        return [opt_s, opt_g], schedulers
+
+    def _schedulers(self) -> list[Any]:
+        schedulers = self.lr_schedulers()
+        if schedulers is None:
+            return []
+        return schedulers if isinstance(schedulers, list) else [schedulers]
+
+    # ----------------------------------------------------------------------------------------
+    # Evaluation on real data
+    # ----------------------------------------------------------------------------------------
+
+    def forward(self, x: Tensor) -> Tensor:
+        """The student's outputs."""
+        out: Tensor = self.student(x)
+        return out
+
+    @property
+    def teacher_measured(self) -> bool:
+        """Whether the teacher's score on the evaluation split is known (it is measured once)."""
+        return not bool(torch.isnan(self.teacher_score))
+
+    def on_validation_epoch_start(self) -> None:
+        """Decide once per evaluation whether the teacher is measured in it."""
+        self._measure_teacher = not self.teacher_measured
+
+    def validation_step(self, batch: tuple[Tensor, Tensor], batch_idx: int) -> None:
+        """Update the evaluation metric with one real batch ``(x, target)``."""
+        x, target = batch
+        self.student_metric.update(self.student(x), target)
+        if self._measure_teacher:
+            self.teacher_metric.update(self.teacher(x), target)
+
+    def on_validation_epoch_end(self) -> None:
+        """Log the student's score, the best so far, and the teacher's score."""
+        score = self.student_metric.compute()
+        self.student_metric.reset()
+        if self.trainer.sanity_checking:
+            return
+        if self._measure_teacher:
+            self.teacher_score.fill_(self.teacher_metric.compute())
+            self.teacher_metric.reset()
+        self.last_score.fill_(score)
+        if self._improves(score):
+            self.best_score.fill_(score)
+            self.best_epoch.fill_(self.current_epoch)
+        name = self.metric_name
+        self.log_dict(
+            {
+                f"val/{name}": score,
+                f"val/{name}_best": self.best_score,
+                f"val/teacher_{name}": self.teacher_score,
+            },
+            prog_bar=True,
+        )
+
+    def _improves(self, score: Tensor) -> bool:
+        if torch.isnan(self.best_score):
+            return True
+        if self.student_metric.higher_is_better is False:
+            return bool(score < self.best_score)
+        return bool(score > self.best_score)
+
+    # ----------------------------------------------------------------------------------------
+    # Mode and checkpoints
+    # ----------------------------------------------------------------------------------------
+
+    def setup(self, stage: str) -> None:
+        """Silence Lightning's warning about modules in eval mode: the frozen teacher is one on purpose."""
+        warnings.filterwarnings("ignore", message=r"Found \d+ module\(s\) in eval mode", category=PossibleUserWarning)
+
+    def train(self, mode: bool = True) -> DFAD:
+        """Set train mode everywhere but in the teacher, which stays in eval mode."""
+        super().train(mode)
+        self.teacher.eval()
+        return self
+
+    def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        """Leave the frozen teacher's weights out of checkpoints unless asked to keep them."""
+        if not self.checkpoint_teacher:
+            state = checkpoint["state_dict"]
+            checkpoint["state_dict"] = {k: v for k, v in state.items() if not k.startswith("teacher.")}
+
+    def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        """Fill a checkpoint saved without the teacher with the teacher already loaded."""
+        state = checkpoint["state_dict"]
+        for key, value in self.teacher.state_dict(prefix="teacher.").items():
+            state.setdefault(key, value)

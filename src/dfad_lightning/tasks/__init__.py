@@ -1,0 +1,52 @@
+"""Tasks: what ``train.py`` runs, selected by ``task=``; each returns its results as a dict."""
+
+from __future__ import annotations
+
+import logging
+import sys
+from collections.abc import Callable
+from typing import Any
+
+from hydra.core.hydra_config import HydraConfig
+from hydra.types import RunMode
+from omegaconf import DictConfig
+
+from dfad_lightning.errors import ConfigError
+from dfad_lightning.tasks.distill import distill
+from dfad_lightning.tasks.teacher import train_teacher
+
+log = logging.getLogger(__name__)
+
+TASKS: dict[str, Callable[[DictConfig], dict[str, Any]]] = {
+    "distill": distill,
+    "teacher": train_teacher,
+}
+
+
+def run(cfg: DictConfig) -> dict[str, Any]:
+    """Run the task named by ``cfg.task`` and return its results.
+
+    Raises:
+        ConfigError: The config cannot run.
+    """
+    if cfg.task not in TASKS:
+        raise ConfigError("task", f"unknown task {cfg.task!r}; choose one of {sorted(TASKS)}")
+    return TASKS[cfg.task](cfg)
+
+
+def main(cfg: DictConfig) -> float | None:
+    """Entry point of ``train.py``: run the task, report user errors without a traceback.
+
+    Returns:
+        The task's objective (the final student metric), for sweepers that optimise it.
+    """
+    try:
+        results = run(cfg)
+    except ConfigError as err:
+        if HydraConfig.initialized() and HydraConfig.get().mode == RunMode.MULTIRUN:
+            log.error("%s", err)
+            raise  # the sweep records this job as failed and goes on with the others
+        print(f"Error: {err}", file=sys.stderr)
+        sys.exit(2)
+    objective = results.get("objective")
+    return float(objective) if objective is not None else None

@@ -1,0 +1,161 @@
+"""Every object a task needs, built from the config (all ``instantiate`` calls live here)."""
+
+from __future__ import annotations
+
+import contextlib
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any, cast
+
+import torch
+from hydra.errors import InstantiationException
+from hydra.utils import instantiate
+from lightning import Callback, Trainer
+from lightning.fabric.utilities.exceptions import MisconfigurationException
+from omegaconf import DictConfig, OmegaConf
+from torch import nn
+from torchmetrics import Metric
+
+from dfad_lightning.data import DFADDataModule, SupervisedDataModule
+from dfad_lightning.errors import ConfigError
+from dfad_lightning.networks.generators import as_size
+from dfad_lightning.systems import DFAD, Supervised
+
+
+def check_config(cfg: DictConfig) -> None:
+    """Refuse settings that cannot train, before any work is done.
+
+    Raises:
+        ConfigError: Naming the key to change.
+    """
+    if cfg.data.batch_size < 2:
+        raise ConfigError("data.batch_size", f"must be at least 2 (BatchNorm needs 2 samples), got {cfg.data.batch_size}")
+    if cfg.data.iterations_per_epoch < 1:
+        raise ConfigError("data.iterations_per_epoch", f"must be at least 1, got {cfg.data.iterations_per_epoch}")
+    if cfg.system.student_steps < 1:
+        raise ConfigError("system.student_steps", f"must be at least 1, got {cfg.system.student_steps}")
+    for key in ("student_optimizer", "generator_optimizer"):
+        lr = cfg.system[key].get("lr")
+        if lr is not None and lr < 0:
+            raise ConfigError(f"system.{key}.lr", f"must not be negative, got {lr}")
+
+
+def build_network(node: DictConfig, key: str) -> nn.Module:
+    """Instantiate a network config, naming ``key`` if it fails."""
+    try:
+        return cast(nn.Module, instantiate(node))
+    except Exception as err:
+        raise ConfigError(key, f"cannot build the network: {err}") from err
+
+
+def build_metric(cfg: DictConfig) -> Metric:
+    """The dataset's evaluation metric."""
+    return cast(Metric, instantiate(cfg.dataset.metric))
+
+
+def build_datamodule(cfg: DictConfig) -> DFADDataModule:
+    """The noise stream and the real evaluation split; the split is built now to fail early."""
+    datamodule = cast(DFADDataModule, instantiate(cfg.data))
+    datamodule.setup("fit")
+    return datamodule
+
+
+def build_system(cfg: DictConfig, teacher: nn.Module, student: nn.Module, generator: nn.Module) -> DFAD:
+    """The DFAD LightningModule (or the subclass named by ``system._target_``)."""
+    return cast(DFAD, instantiate(cfg.system, teacher=teacher, student=student, generator=generator))
+
+
+def build_supervised(cfg: DictConfig, net: nn.Module) -> tuple[Supervised, SupervisedDataModule]:
+    """A teacher-training system for ``net`` and its labelled data, from ``teacher.training``."""
+    recipe = cfg.teacher.training
+    datamodule = SupervisedDataModule(
+        train_dataset=instantiate(cfg.dataset.train),
+        eval_dataset=instantiate(cfg.dataset.test),
+        mean=cfg.teacher.mean,
+        std=cfg.teacher.std,
+        batch_size=recipe.batch_size,
+        eval_batch_size=cfg.data.eval_batch_size,
+        num_workers=cfg.data.num_workers,
+        seed=recipe.seed,
+    )
+    datamodule.setup("fit")
+    loss = instantiate(recipe.loss) if recipe.get("loss") else None
+    system = Supervised(
+        net,
+        metric=build_metric(cfg),
+        metric_name=cfg.dataset.metric_name,
+        optimizer=instantiate(recipe.optimizer),
+        scheduler=instantiate(recipe.scheduler) if recipe.get("scheduler") else None,
+        **({"loss": loss} if loss is not None else {}),
+    )
+    return system, datamodule
+
+
+def build_callbacks(cfg: DictConfig, names: list[str] | None = None) -> list[Callback]:
+    """The callbacks of ``cfg.callbacks`` (all, or those named); ``null`` entries are skipped."""
+    nodes = cfg.get("callbacks") or {}
+    return [instantiate(node) for name, node in nodes.items() if node is not None and (names is None or name in names)]
+
+
+def build_trainer(cfg: DictConfig, out: Path, **overrides: Any) -> Trainer:
+    """The Lightning Trainer of ``cfg.trainer``, logging CSV metrics into the run directory.
+
+    Raises:
+        ConfigError: The trainer config asks for hardware or precision the machine lacks.
+    """
+    kwargs: dict[str, Any] = {"default_root_dir": str(out)}
+    if "logger" not in overrides:
+        kwargs["logger"] = instantiate(cfg.logger) if cfg.get("logger") else False
+    kwargs.update(overrides)
+    try:
+        return cast(Trainer, instantiate(cfg.trainer, **kwargs))
+    except InstantiationException as err:
+        cause = err.__cause__
+        if isinstance(cause, MisconfigurationException | RuntimeError | ValueError):
+            raise ConfigError("trainer", f"{cause} (choose another trainer, e.g. trainer=cpu)") from err
+        raise
+
+
+@contextlib.contextmanager
+def eval_mode(*modules: nn.Module) -> Iterator[None]:
+    """Put modules in eval mode for a block, then restore each one's mode."""
+    modes = [m.training for m in modules]
+    try:
+        for m in modules:
+            m.eval()
+        yield
+    finally:
+        for m, mode in zip(modules, modes, strict=True):
+            m.train(mode)
+
+
+def check_networks(cfg: DictConfig, teacher: nn.Module, student: nn.Module, generator: nn.Module) -> None:
+    """Run two samples through generator, teacher and student to check that their shapes agree.
+
+    Runs in eval mode and without gradients, so nothing about training changes.
+
+    Raises:
+        ConfigError: Naming the key whose setting does not fit.
+    """
+    expected = (int(cfg.dataset.channels), *as_size(OmegaConf.to_object(cfg.dataset.image_size)))  # type: ignore[arg-type]
+    with torch.no_grad(), eval_mode(teacher, student, generator):
+        x = generator(torch.randn(2, cfg.generator.nz))
+        if tuple(x.shape[1:]) != expected:
+            raise ConfigError("generator", f"makes inputs of shape {tuple(x.shape[1:])}, the dataset's are {expected}")
+        outputs = {}
+        for key, net in (("teacher", teacher), ("model", student)):
+            try:
+                outputs[key] = net(x)
+            except RuntimeError as err:
+                raise ConfigError(key, f"cannot take inputs of shape {expected} (dataset.image_size): {err}") from err
+    classes = outputs["teacher"].shape[1]
+    if classes != cfg.dataset.num_classes:
+        raise ConfigError(
+            "dataset.num_classes", f"is {cfg.dataset.num_classes}, but the teacher has {classes} outputs per sample"
+        )
+    if outputs["model"].shape != outputs["teacher"].shape:
+        raise ConfigError(
+            "model",
+            f"the student's outputs {tuple(outputs['model'].shape)} differ from the teacher's "
+            f"{tuple(outputs['teacher'].shape)}",
+        )

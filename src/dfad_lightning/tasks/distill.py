@@ -1,0 +1,101 @@
+"""``task=distill``: data-free adversarial distillation of the teacher into the student."""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+from typing import Any
+
+import lightning as L
+import torch
+from lightning import Trainer
+from omegaconf import DictConfig, OmegaConf
+
+from dfad_lightning.callbacks import SampleGrid
+from dfad_lightning.systems import DFAD
+from dfad_lightning.tasks.build import (
+    build_callbacks,
+    build_datamodule,
+    build_network,
+    build_system,
+    build_trainer,
+    check_config,
+    check_networks,
+)
+from dfad_lightning.tasks.outputs import RESULTS, prepare_output_dir, resolve_ckpt_path
+from dfad_lightning.tasks.teacher import load_teacher
+from dfad_lightning.files import save_atomic, write_json_atomic
+
+STUDENT_FILE = "student.pt"
+
+
+def distill(cfg: DictConfig) -> dict[str, Any]:
+    """Distil the configured teacher into the student; write the run's outputs and ``results.json``.
+
+    Returns:
+        The results (also in ``results.json``), with ``objective`` set to the final student metric.
+    """
+    start = time.perf_counter()
+    check_config(cfg)
+    out = prepare_output_dir(cfg)
+    ckpt_path = resolve_ckpt_path(cfg, out)
+    teacher, teacher_file = load_teacher(cfg)
+    # Seed after the teacher is ready, so a run is the same whether its teacher was cached or trained.
+    L.seed_everything(cfg.seed, workers=True)
+    student = build_network(cfg.model, "model")
+    generator = build_network(cfg.generator, "generator")
+    check_networks(cfg, teacher, student, generator)
+    datamodule = build_datamodule(cfg)
+    system = build_system(cfg, teacher, student, generator)
+    trainer = build_trainer(cfg, out, callbacks=build_callbacks(cfg))
+    if trainer.logger is not None:
+        trainer.logger.log_hyperparams(OmegaConf.to_container(cfg, resolve=True))  # type: ignore[arg-type]
+
+    trainer.fit(system, datamodule=datamodule, ckpt_path=ckpt_path)
+    if trainer.interrupted or not trainer.is_global_zero:
+        return {}
+
+    save_atomic(student.state_dict(), out / STUDENT_FILE)
+    results = summarize(cfg, system, trainer, out, teacher_file, wall_time=time.perf_counter() - start)
+    write_json_atomic(results, out / RESULTS)
+    print(report(results))
+    return results
+
+
+def summarize(
+    cfg: DictConfig, system: DFAD, trainer: Trainer, out: Path, teacher_file: Path, wall_time: float
+) -> dict[str, Any]:
+    """The machine-readable result of a distillation run."""
+    teacher, final, best = (float(t) for t in (system.teacher_score, system.last_score, system.best_score))
+    samples = next((cb.last_path for cb in trainer.callbacks if isinstance(cb, SampleGrid)), None)  # type: ignore[attr-defined]
+    return {
+        "task": "distill",
+        "dataset": cfg.dataset.name,
+        "metric": cfg.dataset.metric_name,
+        "teacher": teacher,
+        "student": {"final": final, "best": best, "best_epoch": int(system.best_epoch)},
+        "ratio": final / teacher if teacher else float("nan"),
+        "iterations": trainer.global_step // (system.student_steps + 1),
+        "epochs": trainer.current_epoch,
+        "wall_time_s": round(wall_time, 2),
+        "seed": cfg.seed,
+        "teacher_checkpoint": str(teacher_file),
+        "output_dir": str(out),
+        "student_weights": str(out / STUDENT_FILE),
+        "samples": str(samples) if samples else None,
+        "device": str(system.device) if not torch.cuda.is_available() else torch.cuda.get_device_name(),
+        "objective": final,
+    }
+
+
+def report(results: dict[str, Any]) -> str:
+    """The lines printed at the end of a distillation run."""
+    name, student = results["metric"], results["student"]
+    return (
+        f"\nDFAD on {results['dataset']} ({results['iterations']} iterations, {results['wall_time_s']:.1f} s)\n"
+        f"  teacher {name}:                       {results['teacher']:.4f}\n"
+        f"  student {name}, final:                {student['final']:.4f}\n"
+        f"  student {name}, best over training:   {student['best']:.4f} (epoch {student['best_epoch']})\n"
+        f"  student/teacher (final):            {results['ratio']:.3f}\n"
+        f"  outputs: {results['output_dir']}  ({RESULTS}, {STUDENT_FILE}, checkpoints/, samples/, csv/)"
+    )

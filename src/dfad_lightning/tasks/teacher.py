@@ -1,0 +1,123 @@
+"""Teachers: ``task=teacher`` trains one; a distillation run loads one (or, where allowed, trains and caches one)."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+import lightning as L
+from lightning import Callback
+from omegaconf import DictConfig, OmegaConf
+from torch import nn
+
+from dfad_lightning.errors import ConfigError
+from dfad_lightning.tasks.build import build_callbacks, build_network, build_supervised, build_trainer
+from dfad_lightning.tasks.outputs import RESULTS, prepare_output_dir, resolve_ckpt_path
+from dfad_lightning.files import save_atomic, write_json_atomic
+from dfad_lightning.weights import load_weights
+
+log = logging.getLogger(__name__)
+
+TEACHER_FILE = "teacher.pt"
+
+
+def fit_teacher(
+    cfg: DictConfig, out: Path, callbacks: list[Callback], ckpt_path: Path | None = None, **trainer_overrides: Any
+) -> tuple[nn.Module, float]:
+    """Train ``teacher.net`` on the dataset's training split with the ``teacher.training`` recipe.
+
+    Returns:
+        The trained network and its score on the evaluation split.
+    """
+    recipe = cfg.teacher.training
+    L.seed_everything(recipe.seed, workers=True, verbose=False)
+    net = build_network(cfg.teacher.net, "teacher.net")
+    system, datamodule = build_supervised(cfg, net)
+    trainer = build_trainer(cfg, out, max_epochs=recipe.epochs, callbacks=callbacks, **trainer_overrides)
+    trainer.fit(system, datamodule=datamodule, ckpt_path=ckpt_path)
+    return net, system.final_score
+
+
+def train_teacher(cfg: DictConfig) -> dict[str, Any]:
+    """``task=teacher``: train the configured teacher and write ``teacher.pt`` and ``results.json``."""
+    start = time.perf_counter()
+    out = prepare_output_dir(cfg)
+    ckpt_path = resolve_ckpt_path(cfg, out)
+    net, score = fit_teacher(cfg, out, build_callbacks(cfg, ["checkpoint"]), ckpt_path)
+    results = {
+        "task": "teacher",
+        "dataset": cfg.dataset.name,
+        "metric": cfg.dataset.metric_name,
+        "teacher": score,
+        "checkpoint": str(out / TEACHER_FILE),
+        "epochs": cfg.teacher.training.epochs,
+        "wall_time_s": round(time.perf_counter() - start, 2),
+        "output_dir": str(out),
+        "objective": score,
+    }
+    save_atomic(net.state_dict(), out / TEACHER_FILE)
+    write_json_atomic(results, out / RESULTS)
+    print(
+        f"\nTeacher {cfg.dataset.metric_name} on the {cfg.dataset.name} evaluation split: {score:.4f}"
+        f"\nWall time {results['wall_time_s']:.1f} s. Weights: {out / TEACHER_FILE}"
+        f"\nDistil it with: python train.py dataset={cfg.dataset.name} teacher.checkpoint={out / TEACHER_FILE}"
+    )
+    return results
+
+
+def teacher_fingerprint(cfg: DictConfig) -> str:
+    """A short hash of everything that determines a trained teacher: network, recipe, data."""
+    spec = {
+        key: OmegaConf.to_container(node, resolve=True)
+        for key, node in (("net", cfg.teacher.net), ("training", cfg.teacher.training), ("data", cfg.dataset.train))
+    }
+    spec["normalization"] = [list(cfg.teacher.mean), list(cfg.teacher.std)]
+    return hashlib.sha256(json.dumps(spec, sort_keys=True).encode()).hexdigest()[:16]
+
+
+def cached_teacher(cfg: DictConfig) -> Path:
+    """Return the cached teacher for this config, training it first if the cache lacks it.
+
+    Only datasets that set ``dataset.auto_teacher`` (the embedded digits) train a teacher on
+    their own: it takes seconds there. The cache key covers the network, the recipe and the
+    data, so a changed config never reuses a stale teacher.
+    """
+    path = Path(cfg.paths.cache_dir).expanduser() / "teachers" / f"{cfg.dataset.name}-{teacher_fingerprint(cfg)}.pt"
+    if path.exists():
+        log.info("Using the cached teacher %s", path)
+        return path
+    log.info("No teacher checkpoint set: training the %s teacher first (cached at %s)", cfg.dataset.name, path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with tempfile.TemporaryDirectory(dir=path.parent) as tmp:
+        net, score = fit_teacher(cfg, Path(tmp), callbacks=[], logger=False, enable_checkpointing=False)
+    log.info("Teacher trained: %s %.4f on the evaluation split", cfg.dataset.metric_name, score)
+    save_atomic(net.state_dict(), path)
+    return path
+
+
+def load_teacher(cfg: DictConfig) -> tuple[nn.Module, Path]:
+    """Build the teacher network and load its weights.
+
+    Raises:
+        ConfigError: No checkpoint is set (and the dataset cannot train its own teacher), or the
+            checkpoint does not fit the network.
+    """
+    teacher = build_network(cfg.teacher.net, "teacher.net")
+    if cfg.teacher.checkpoint is not None:
+        path = Path(str(cfg.teacher.checkpoint))
+    elif cfg.dataset.get("auto_teacher", False):
+        path = cached_teacher(cfg)
+    else:
+        raise ConfigError(
+            "teacher.checkpoint",
+            f"no teacher checkpoint is set for dataset={cfg.dataset.name}. Train one with "
+            f"`python train.py task=teacher dataset={cfg.dataset.name}`, then pass the {TEACHER_FILE} it writes "
+            f"as teacher.checkpoint=PATH",
+        )
+    load_weights(teacher, path, "teacher.checkpoint")
+    return teacher, path

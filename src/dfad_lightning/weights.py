@@ -1,0 +1,105 @@
+"""Loading network weights from the checkpoint layouts people actually have, with errors a user can act on."""
+
+from __future__ import annotations
+
+import hashlib
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import Tensor, nn
+
+from dfad_lightning.errors import ConfigError
+
+# Where trainers and repositories nest the weights inside a checkpoint file.
+_NESTING_KEYS = ("state_dict", "model_state_dict", "model", "net", "student", "teacher")
+
+
+def find_state_dict(obj: Any) -> dict[str, Tensor] | None:
+    """Return the tensors of a checkpoint: a plain state dict, or one nested under a usual key.
+
+    >>> find_state_dict({"state_dict": {"w": torch.zeros(1)}, "epoch": 3})
+    {'w': tensor([0.])}
+    >>> find_state_dict({"epoch": 3}) is None
+    True
+    """
+    if isinstance(obj, Mapping):
+        if obj and all(isinstance(k, str) and isinstance(v, Tensor) for k, v in obj.items()):
+            return dict(obj)
+        for key in _NESTING_KEYS:
+            if key in obj and (found := find_state_dict(obj[key])) is not None:
+                return found
+    return None
+
+
+def match_prefix(state: Mapping[str, Tensor], expected: Mapping[str, Tensor]) -> dict[str, Tensor]:
+    """Strip the prefix that wrappers add (``module.``, ``net.``, ``teacher.`` ...) to match ``expected``.
+
+    The prefix is the one in front of the first expected key; only keys carrying it are kept.
+
+    >>> match_prefix({"module.fc.w": torch.zeros(1)}, {"fc.w": torch.zeros(1)})
+    {'fc.w': tensor([0.])}
+    """
+    first = next(iter(expected), None)
+    if first is None or first in state:
+        return dict(state)
+    for key in state:
+        if key.endswith("." + first):
+            prefix = key[: -len(first)]
+            return {k[len(prefix) :]: v for k, v in state.items() if k.startswith(prefix)}
+    return dict(state)
+
+
+def load_weights(net: nn.Module, path: str | Path, key: str) -> None:
+    """Load the weights in ``path`` into ``net``, or fail with a message naming the config ``key``.
+
+    Accepts plain state dicts and checkpoints that nest them (Lightning, akamaster, ...), with
+    wrapper prefixes such as ``module.``. A file that is missing, that is not a PyTorch
+    checkpoint, or whose tensors do not fit the architecture is reported before any training,
+    with the first mismatching tensor and its shapes.
+
+    Raises:
+        ConfigError: The file cannot be used for ``net``.
+    """
+    file = Path(path).expanduser()
+    if not file.is_file():
+        raise ConfigError(key, f"no file at {file}")
+    try:
+        obj = torch.load(file, map_location="cpu", weights_only=True)
+    except Exception as err:  # torch raises many types for files that are not checkpoints
+        raise ConfigError(key, f"{file} is not a PyTorch checkpoint ({type(err).__name__}: {err})") from None
+    state = find_state_dict(obj)
+    if state is None:
+        top = list(obj)[:8] if isinstance(obj, Mapping) else type(obj).__name__
+        raise ConfigError(key, f"{file} holds no weights (no state dict found; top level: {top})")
+    expected = net.state_dict()
+    state = match_prefix(state, expected)
+    missing = [k for k in expected if k not in state]
+    unexpected = [k for k in state if k not in expected]
+    if missing or unexpected:
+        raise ConfigError(
+            key,
+            f"{file} was saved from another architecture than {type(net).__name__}: "
+            f"{len(missing)} tensors missing (first: {missing[:3]}), "
+            f"{len(unexpected)} unexpected (first: {unexpected[:3]}). Check the network config or the file.",
+        )
+    for name, tensor in expected.items():
+        if state[name].shape != tensor.shape:
+            raise ConfigError(
+                key,
+                f"{file} does not fit {type(net).__name__}: tensor {name!r} has shape {tuple(state[name].shape)} "
+                f"in the file and {tuple(tensor.shape)} in the network (a different width, input channels or "
+                f"number of classes; check dataset.num_classes and the network config)",
+            )
+    net.load_state_dict(state)
+
+
+def sha256(path: str | Path) -> str:
+    """Hex SHA-256 of a file's bytes."""
+    digest = hashlib.sha256()
+    with open(path, "rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            digest.update(chunk)
+    return digest.hexdigest()
+

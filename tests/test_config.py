@@ -1,0 +1,115 @@
+"""Every option of every config group composes, and what it configures can be built."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+
+import pytest
+import torch
+from hydra.utils import instantiate
+from lightning import Trainer
+
+from conftest import CONF, ROOT
+from dfad_lightning.errors import ConfigError
+from dfad_lightning.tasks.build import build_trainer
+
+
+def options(group: str) -> list[str]:
+    return sorted(p.stem for p in (CONF / group).glob("*.yaml"))
+
+
+GROUPS = ["dataset", "model", "teacher", "generator", "loss", "adversarial", "trainer", "logger", "callbacks", "paths"]
+
+
+def test_every_group_has_options():
+    for group in GROUPS:
+        assert options(group), group
+
+
+@pytest.mark.parametrize("option", options("model"))
+def test_model_options_build_students_that_classify_dataset_inputs(make_cfg, option):
+    cfg = make_cfg(f"model={option}")
+    net = instantiate(cfg.model)
+    x = torch.randn(2, cfg.dataset.channels, *cfg.dataset.image_size)
+    assert net(x).shape == (2, cfg.dataset.num_classes)
+
+
+@pytest.mark.parametrize("option", options("teacher"))
+def test_teacher_options_build_networks_and_carry_normalisation_and_recipe(make_cfg, option):
+    cfg = make_cfg(f"teacher={option}")
+    assert isinstance(instantiate(cfg.teacher.net), torch.nn.Module)
+    assert len(cfg.teacher.mean) == len(cfg.teacher.std) == cfg.dataset.channels
+    assert instantiate(cfg.teacher.training.optimizer)([torch.nn.Parameter(torch.zeros(1))])
+
+
+@pytest.mark.parametrize("option", options("generator"))
+def test_generator_options_make_inputs_of_the_dataset_shape(make_cfg, option):
+    cfg = make_cfg(f"generator={option}", "dataset.image_size=[32,32]")
+    g = instantiate(cfg.generator)
+    x = g(torch.randn(2, cfg.generator.nz))
+    assert x.shape == (2, cfg.dataset.channels, 32, 32)
+
+
+@pytest.mark.parametrize("option", options("loss"))
+def test_loss_options_are_discrepancies(make_cfg, option):
+    cfg = make_cfg(f"loss={option}")
+    fn = instantiate(cfg.system.discrepancy)
+    t = torch.randn(4, 10)
+    assert fn(t, t).item() == pytest.approx(0.0, abs=1e-6)
+    assert fn(t + 1, t).item() > 0
+
+
+@pytest.mark.parametrize("option", options("adversarial"))
+def test_adversarial_options_turn_the_discrepancy_into_a_loss_to_minimise(make_cfg, option):
+    cfg = make_cfg(f"adversarial={option}")
+    objective = instantiate(cfg.system.adversarial)
+    assert objective(torch.tensor(2.0)) < objective(torch.tensor(1.0))
+
+
+@pytest.mark.parametrize("option", options("dataset"))
+def test_dataset_options_declare_shapes_splits_and_metric(make_cfg, option):
+    cfg = make_cfg(f"dataset={option}")
+    for key in ("name", "channels", "image_size", "num_classes", "mean", "std", "metric", "metric_name"):
+        assert key in cfg.dataset, key
+    metric = instantiate(cfg.dataset.metric)
+    assert metric.higher_is_better is True
+
+
+@pytest.mark.parametrize("option", options("trainer"))
+def test_trainer_options_build_a_trainer_or_say_the_machine_cannot(make_cfg, option, tmp_path):
+    cfg = make_cfg(f"trainer={option}")
+    if cfg.trainer.accelerator == "gpu" and not torch.cuda.is_available():
+        with pytest.raises(ConfigError, match="trainer"):
+            build_trainer(cfg, tmp_path)
+    else:
+        assert isinstance(build_trainer(cfg, tmp_path), Trainer)
+
+
+@pytest.mark.parametrize("group", ["logger", "callbacks", "paths"])
+def test_support_groups_instantiate(make_cfg, group):
+    for option in options(group):
+        cfg = make_cfg(f"{group}={option}")
+        node = cfg[group]
+        if "_target_" in node:
+            assert instantiate(node) is not None
+        else:
+            for child in node.values():
+                if child is not None and "_target_" in child:
+                    assert instantiate(child) is not None
+
+
+def test_the_whole_default_config_instantiates_its_parts(make_cfg):
+    cfg = make_cfg(tiny=False)
+    assert cfg.task == "distill" and cfg.dataset.name == "digits"
+    assert instantiate(cfg.data).batch_size == 128
+    assert cfg.system.student_steps == 5
+    assert instantiate(cfg.system.student_optimizer)([torch.nn.Parameter(torch.zeros(1))]).defaults["momentum"] == 0.9
+
+
+def test_help_lists_the_config_groups():
+    out = subprocess.run(
+        [sys.executable, "train.py", "--help"], cwd=ROOT, capture_output=True, text=True, check=True
+    ).stdout
+    for group in GROUPS:
+        assert f"{group}: " in out, group

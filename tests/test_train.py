@@ -1,0 +1,118 @@
+"""End to end through the function ``train.py`` calls, and through ``train.py`` itself."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+
+import pytest
+import torch
+
+from conftest import ROOT, TINY
+from dfad_lightning.errors import ConfigError
+from dfad_lightning.networks import lenet5_half
+from dfad_lightning.tasks import run
+
+
+@pytest.fixture(scope="module")
+def tiny_run(tmp_path_factory, cache_dir):
+    from conftest import compose_config
+
+    out = tmp_path_factory.mktemp("tiny") / "run"
+    cfg = compose_config(TINY, out, cache_dir)
+    return run(cfg), out
+
+
+def test_results_json_has_the_run_summary(tiny_run):
+    results, out = tiny_run
+    on_disk = json.loads((out / "results.json").read_text())
+    assert on_disk == results
+    assert on_disk["task"] == "distill" and on_disk["dataset"] == "digits" and on_disk["metric"] == "acc"
+    assert 0 < on_disk["teacher"] <= 1
+    assert set(on_disk["student"]) >= {"final", "best"}
+    assert on_disk["student"]["best"] >= on_disk["student"]["final"]
+    assert on_disk["ratio"] == pytest.approx(on_disk["student"]["final"] / on_disk["teacher"])
+    assert on_disk["iterations"] == 6  # 2 epochs x 3 iterations
+    assert on_disk["wall_time_s"] > 0
+
+
+def test_run_writes_weights_checkpoint_pictures_and_metrics(tiny_run):
+    results, out = tiny_run
+    student = lenet5_half(1, 10)  # a plain state dict: loadable without this package
+    student.load_state_dict(torch.load(out / "student.pt", weights_only=True))
+    checkpoint = torch.load(out / "checkpoints" / "last.ckpt", weights_only=False)
+    assert not any(k.startswith("teacher.") for k in checkpoint["state_dict"])
+    assert sorted(p.name for p in (out / "samples").glob("*.png")) == ["epoch_000.png", "epoch_001.png"]
+    header = (out / "csv" / "version_0" / "metrics.csv").read_text().splitlines()[0].split(",")
+    assert {"val/acc", "val/teacher_acc", "train/loss_student", "train/loss_generator"} <= set(header)
+    assert (out / ".hydra" / "config.yaml").is_file()
+
+
+def test_a_finished_run_is_never_overwritten(tiny_run, make_cfg):
+    _, out = tiny_run
+    before = (out / "results.json").read_bytes()
+    with pytest.raises(ConfigError, match=r"hydra\.run\.dir.*already holds a finished run"):
+        run(make_cfg(output_dir=out))
+    assert (out / "results.json").read_bytes() == before
+
+
+def test_an_unfinished_run_is_reused_only_to_resume(make_cfg, tmp_path):
+    out = tmp_path / "killed"
+    (out / "checkpoints").mkdir(parents=True)
+    (out / "checkpoints" / "last.ckpt").write_bytes(b"")
+    with pytest.raises(ConfigError, match="ckpt_path=last"):
+        run(make_cfg(output_dir=out))
+
+
+def test_teacher_task_writes_a_checkpoint_that_distillation_loads(make_cfg, tmp_path):
+    teacher = run(make_cfg("task=teacher", output_dir=tmp_path / "teacher"))
+    assert teacher["task"] == "teacher" and teacher["teacher"] > 0.5
+    cfg = make_cfg(f"teacher.checkpoint={teacher['checkpoint']}", "dataset.auto_teacher=false",
+                   output_dir=tmp_path / "student")
+    results = run(cfg)
+    assert results["teacher_checkpoint"] == teacher["checkpoint"]
+    assert results["teacher"] == pytest.approx(teacher["teacher"])  # same weights, same split
+
+
+def test_missing_teacher_says_which_key_to_set_and_how_to_train_one(make_cfg):
+    with pytest.raises(ConfigError, match=r"teacher\.checkpoint.*python train\.py task=teacher dataset=digits"):
+        run(make_cfg("dataset.auto_teacher=false"))
+
+
+@pytest.mark.parametrize(
+    ("override", "key"),
+    [
+        ("data.batch_size=1", "data.batch_size"),
+        ("system.student_steps=0", "system.student_steps"),
+        ("system.student_optimizer.lr=-0.1", "system.student_optimizer.lr"),
+        ("system.generator_optimizer.lr=-1", "system.generator_optimizer.lr"),
+        ("task=nonsense", "task"),
+    ],
+)
+def test_impossible_settings_fail_before_training_naming_the_key(make_cfg, override, key):
+    with pytest.raises(ConfigError) as err:
+        run(make_cfg(override))
+    assert str(err.value).startswith(f"{key}:")
+
+
+def test_train_py_puts_everything_in_hydra_run_dir(tmp_path, cache_dir):
+    out = tmp_path / "cli"
+    env = {"DFAD_CACHE_DIR": str(cache_dir), "PATH": "/usr/bin:/bin"}
+    subprocess.run(
+        [sys.executable, "train.py", f"hydra.run.dir={out}", *TINY], cwd=ROOT, env=env, check=True, capture_output=True
+    )
+    assert {"results.json", "student.pt", "csv", "checkpoints", "samples", ".hydra"} <= {
+        p.name for p in out.iterdir()
+    }
+
+
+def test_train_py_reports_a_user_error_in_one_line_without_traceback(tmp_path, cache_dir):
+    env = {"DFAD_CACHE_DIR": str(cache_dir), "PATH": "/usr/bin:/bin"}
+    proc = subprocess.run(
+        [sys.executable, "train.py", f"hydra.run.dir={tmp_path / 'bad'}", "data.batch_size=1"],
+        cwd=ROOT, env=env, capture_output=True, text=True,
+    )
+    assert proc.returncode == 2
+    assert "Error: data.batch_size: must be at least 2" in proc.stderr
+    assert "Traceback" not in proc.stderr

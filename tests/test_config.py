@@ -7,10 +7,10 @@ import sys
 
 import pytest
 import torch
+from conftest import CONF, ROOT
 from hydra.utils import instantiate
 from lightning import Trainer
 
-from conftest import CONF, ROOT
 from dfad_lightning.errors import ConfigError
 from dfad_lightning.tasks.build import build_trainer
 
@@ -57,7 +57,7 @@ def test_loss_options_are_discrepancies(make_cfg, option):
     fn = instantiate(cfg.system.discrepancy)
     t = torch.randn(4, 10)
     assert fn(t, t).item() == pytest.approx(0.0, abs=1e-6)
-    assert fn(t + 1, t).item() > 0
+    assert fn(t + torch.randn(4, 10), t).item() > 0
 
 
 @pytest.mark.parametrize("option", options("adversarial"))

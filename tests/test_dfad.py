@@ -69,15 +69,26 @@ def make_system(cls=DFAD, **kwargs) -> DFAD:
 
 def make_datamodule(iterations: int = 4) -> DFADDataModule:
     return DFADDataModule(
-        nz=16, batch_size=8, student_steps=K, iterations_per_epoch=iterations,
-        eval_dataset=partial(Digits, split="test"), mean=[0.3], std=[0.3],
+        nz=16,
+        batch_size=8,
+        student_steps=K,
+        iterations_per_epoch=iterations,
+        eval_dataset=partial(Digits, split="test"),
+        mean=[0.3],
+        std=[0.3],
     )
 
 
 def fit(system: DFAD, tmp_path, epochs: int = 2, **trainer_kwargs) -> L.Trainer:
     trainer = L.Trainer(
-        max_epochs=epochs, accelerator="cpu", logger=False, enable_checkpointing=False,
-        enable_progress_bar=False, num_sanity_val_steps=0, default_root_dir=tmp_path, **trainer_kwargs,
+        max_epochs=epochs,
+        accelerator="cpu",
+        logger=False,
+        enable_checkpointing=False,
+        enable_progress_bar=False,
+        num_sanity_val_steps=0,
+        default_root_dir=tmp_path,
+        **trainer_kwargs,
     )
     trainer.fit(system, datamodule=make_datamodule())
     return trainer
@@ -193,3 +204,12 @@ def test_wrong_number_of_noise_batches_is_refused(tmp_path):
 def test_student_steps_below_one_are_refused():
     with pytest.raises(ValueError, match="student_steps"):
         DFAD(LeNet5(), lenet5_half(), GeneratorA(16, 1, 32, 8), MulticlassAccuracy(10), "acc", student_steps=0)
+
+
+def test_channels_last_stores_the_networks_channels_last_and_still_trains(tmp_path):
+    system = make_system(channels_last=True)
+    before = snapshot(system.generator)
+    fit(system, tmp_path, epochs=1)
+    conv = system.generator.block1[0].weight
+    assert conv.is_contiguous(memory_format=torch.channels_last) and not conv.is_contiguous()
+    assert not same(snapshot(system.generator), before)

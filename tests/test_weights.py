@@ -32,7 +32,9 @@ def test_common_checkpoint_layouts_load(tmp_path, wrap):
     source = LeNet5(1, 10)
     target = LeNet5(1, 10)
     load_weights(target, saved(tmp_path, wrap(source.state_dict())), KEY)
-    assert all(torch.equal(a, b) for a, b in zip(source.state_dict().values(), target.state_dict().values()))
+    assert all(
+        torch.equal(a, b) for a, b in zip(source.state_dict().values(), target.state_dict().values(), strict=True)
+    )
 
 
 def test_missing_file(tmp_path):
@@ -59,7 +61,9 @@ def test_a_checkpoint_of_another_architecture_names_the_tensors(tmp_path):
 
 
 def test_a_checkpoint_of_another_width_names_the_first_mismatched_tensor(tmp_path):
-    with pytest.raises(ConfigError, match=r"'features\.0\.weight' has shape \(3, 1, 5, 5\) in the file and \(6, 1, 5, 5\)"):
+    with pytest.raises(
+        ConfigError, match=r"'features\.0\.weight' has shape \(3, 1, 5, 5\) in the file and \(6, 1, 5, 5\)"
+    ):
         load_weights(LeNet5(), saved(tmp_path, lenet5_half().state_dict()), KEY)
 
 

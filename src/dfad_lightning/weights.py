@@ -75,6 +75,10 @@ def load_weights(net: nn.Module, path: str | Path, key: str) -> None:
         raise ConfigError(key, f"{file} holds no weights (no state dict found; top level: {top})")
     expected = net.state_dict()
     state = match_prefix(state, expected)
+    # Checkpoints from PyTorch < 0.4.1 (akamaster's among them) predate BatchNorm's step counter.
+    for name, tensor in expected.items():
+        if name.endswith("num_batches_tracked"):
+            state.setdefault(name, tensor)
     missing = [k for k in expected if k not in state]
     unexpected = [k for k in state if k not in expected]
     if missing or unexpected:
@@ -102,4 +106,3 @@ def sha256(path: str | Path) -> str:
         for chunk in iter(lambda: f.read(1 << 20), b""):
             digest.update(chunk)
     return digest.hexdigest()
-

@@ -64,7 +64,13 @@ class SampleGrid(Callback):
         self.last_path: Path | None = None
 
     def on_validation_batch_end(
-        self, trainer: Trainer, pl_module: LightningModule, outputs: Any, batch: Any, batch_idx: int, dataloader_idx: int = 0
+        self,
+        trainer: Trainer,
+        pl_module: LightningModule,
+        outputs: Any,
+        batch: Any,
+        batch_idx: int,
+        dataloader_idx: int = 0,
     ) -> None:
         """Keep the first real images of the evaluation split."""
         if batch_idx == 0 and self.real is None:

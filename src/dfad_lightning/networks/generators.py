@@ -7,6 +7,7 @@ in the normalised input space of the teacher. Layouts follow the authors' releas
 
 from __future__ import annotations
 
+import itertools
 from collections.abc import Sequence
 
 import torch.nn.functional as F
@@ -74,7 +75,8 @@ class GeneratorA(nn.Module):
         x = self.project(z.flatten(1)).view(z.shape[0], -1, *self.init_size)
         x = F.interpolate(self.bn0(x), scale_factor=2)
         x = F.interpolate(self.block1(x), scale_factor=2)
-        return self.block2(x)
+        out: Tensor = self.block2(x)
+        return out
 
 
 class GeneratorB(nn.Module):
@@ -100,7 +102,7 @@ class GeneratorB(nn.Module):
         self.bn0 = nn.BatchNorm2d(8 * ngf)
         widths = [8 * ngf, 4 * ngf, 2 * ngf, ngf, ngf]
         layers: list[nn.Module] = []
-        for c_in, c_out in zip(widths[:-1], widths[1:], strict=True):
+        for c_in, c_out in itertools.pairwise(widths):
             layers += [
                 nn.ConvTranspose2d(c_in, c_out, 4, stride=2, padding=1, bias=False),
                 nn.BatchNorm2d(c_out),
@@ -113,7 +115,8 @@ class GeneratorB(nn.Module):
     def forward(self, z: Tensor) -> Tensor:
         """Map latents ``(B, nz)`` to images ``(B, channels, H, W)``."""
         x = self.project(z.flatten(1)).view(z.shape[0], -1, *self.init_size)
-        return self.main(self.bn0(x))
+        out: Tensor = self.main(self.bn0(x))
+        return out
 
 
 def _dcgan_init(module: nn.Module) -> None:

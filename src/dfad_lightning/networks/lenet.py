@@ -39,7 +39,8 @@ class LeNet5(nn.Module):
 
     def forward(self, x: Tensor) -> Tensor:
         """Return class logits for a batch of images."""
-        return self.classifier(self.features(x))
+        out: Tensor = self.classifier(self.features(x))
+        return out
 
 
 def lenet5_half(in_channels: int = 1, num_classes: int = 10) -> LeNet5:

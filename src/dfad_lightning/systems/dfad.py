@@ -5,11 +5,12 @@ from __future__ import annotations
 import warnings
 from collections.abc import Callable, Iterable
 from functools import partial
-from typing import Any
+from typing import Any, cast
 
 import torch
 from lightning import LightningModule
-from lightning.pytorch.utilities.warnings import PossibleUserWarning
+from lightning.fabric.utilities.warnings import PossibleUserWarning
+from lightning.pytorch.core.optimizer import LightningOptimizer
 from torch import Tensor, nn
 from torch.optim import SGD, Adam, Optimizer
 from torch.optim.lr_scheduler import LRScheduler
@@ -21,6 +22,10 @@ OptimizerFactory = Callable[[Iterable[nn.Parameter]], Optimizer]
 SchedulerFactory = Callable[[Optimizer], LRScheduler]
 Discrepancy = Callable[[Tensor, Tensor], Tensor]
 Adversarial = Callable[[Tensor], Tensor]
+
+# The paper's optimizers (Sec. A): SGD with momentum for the student, Adam for the generator.
+SGD_DEFAULT: OptimizerFactory = partial(SGD, lr=0.1, momentum=0.9, weight_decay=5e-4)
+ADAM_DEFAULT: OptimizerFactory = partial(Adam, lr=1e-3)
 
 
 class DFAD(LightningModule):
@@ -59,7 +64,16 @@ class DFAD(LightningModule):
         generator_scheduler: Builds the generator's LR schedule, stepped once per epoch, or ``None``.
         checkpoint_teacher: Keep the teacher's weights in checkpoints. Off by default: the teacher
             is rebuilt from its own file, and a large teacher would bloat every checkpoint.
+        channels_last: Store the three networks' weights (and so their activations) channels-last.
+            Same arithmetic in another order; on CPUs it nearly halves the time of an iteration
+            (PyTorch's nearest-neighbour upsampling and oneDNN convolutions are far faster in that
+            layout).
     """
+
+    teacher_score: Tensor
+    last_score: Tensor
+    best_score: Tensor
+    best_epoch: Tensor
 
     def __init__(
         self,
@@ -71,11 +85,12 @@ class DFAD(LightningModule):
         discrepancy: Discrepancy = losses.mae,
         adversarial: Adversarial = losses.negative,
         student_steps: int = 5,
-        student_optimizer: OptimizerFactory = partial(SGD, lr=0.1, momentum=0.9, weight_decay=5e-4),
-        generator_optimizer: OptimizerFactory = partial(Adam, lr=1e-3),
+        student_optimizer: OptimizerFactory = SGD_DEFAULT,
+        generator_optimizer: OptimizerFactory = ADAM_DEFAULT,
         student_scheduler: SchedulerFactory | None = None,
         generator_scheduler: SchedulerFactory | None = None,
         checkpoint_teacher: bool = False,
+        channels_last: bool = False,
     ) -> None:
         super().__init__()
         if student_steps < 1:
@@ -95,6 +110,7 @@ class DFAD(LightningModule):
         self.student_scheduler = student_scheduler
         self.generator_scheduler = generator_scheduler
         self.checkpoint_teacher = checkpoint_teacher
+        self.channels_last = channels_last
         # Scores live in buffers so that they travel with checkpoints and across devices.
         self.register_buffer("teacher_score", torch.tensor(float("nan")))
         self.register_buffer("last_score", torch.tensor(float("nan")))
@@ -140,7 +156,7 @@ class DFAD(LightningModule):
         """One DFAD iteration on the noise ``z`` of shape ``(student_steps + 1, B, nz)``."""
         if z.shape[0] != self.student_steps + 1:
             raise ValueError(f"expected {self.student_steps + 1} noise batches per iteration, got {z.shape[0]}")
-        opt_s, opt_g = self.optimizers()  # type: ignore[misc]
+        opt_s, opt_g = cast(list[LightningOptimizer], self.optimizers())
 
         # Imitation stage: k student steps, each on a fresh sample of the fixed generator.
         # Neither G nor T is trained here, so their forward passes need no graph.
@@ -174,7 +190,7 @@ class DFAD(LightningModule):
         """
         for scheduler in self._schedulers():
             scheduler.step()
-        opt_s, opt_g = self.optimizers()  # type: ignore[misc]
+        opt_s, opt_g = cast(list[LightningOptimizer], self.optimizers())
         self.log_dict(
             {"train/lr_student": opt_s.param_groups[0]["lr"], "train/lr_generator": opt_g.param_groups[0]["lr"]},
         )
@@ -253,7 +269,12 @@ class DFAD(LightningModule):
     # ----------------------------------------------------------------------------------------
 
     def setup(self, stage: str) -> None:
-        """Silence Lightning's warning about modules in eval mode: the frozen teacher is one on purpose."""
+        """Set the memory format of the networks before their optimizers are built."""
+        if self.channels_last:
+            for net in (self.teacher, self.student, self.generator):
+                net.to(memory_format=torch.channels_last)
+        # Lightning warns about modules in eval mode at the start of training: the frozen teacher
+        # is one on purpose.
         warnings.filterwarnings("ignore", message=r"Found \d+ module\(s\) in eval mode", category=PossibleUserWarning)
 
     def train(self, mode: bool = True) -> DFAD:

@@ -29,7 +29,9 @@ def check_config(cfg: DictConfig) -> None:
         ConfigError: Naming the key to change.
     """
     if cfg.data.batch_size < 2:
-        raise ConfigError("data.batch_size", f"must be at least 2 (BatchNorm needs 2 samples), got {cfg.data.batch_size}")
+        raise ConfigError(
+            "data.batch_size", f"must be at least 2 (BatchNorm needs 2 samples), got {cfg.data.batch_size}"
+        )
     if cfg.data.iterations_per_epoch < 1:
         raise ConfigError("data.iterations_per_epoch", f"must be at least 1, got {cfg.data.iterations_per_epoch}")
     if cfg.system.student_steps < 1:

@@ -12,6 +12,7 @@ from lightning import Trainer
 from omegaconf import DictConfig, OmegaConf
 
 from dfad_lightning.callbacks import SampleGrid
+from dfad_lightning.files import save_atomic, write_json_atomic
 from dfad_lightning.systems import DFAD
 from dfad_lightning.tasks.build import (
     build_callbacks,
@@ -24,7 +25,6 @@ from dfad_lightning.tasks.build import (
 )
 from dfad_lightning.tasks.outputs import RESULTS, prepare_output_dir, resolve_ckpt_path
 from dfad_lightning.tasks.teacher import load_teacher
-from dfad_lightning.files import save_atomic, write_json_atomic
 
 STUDENT_FILE = "student.pt"
 
@@ -66,7 +66,7 @@ def summarize(
     cfg: DictConfig, system: DFAD, trainer: Trainer, out: Path, teacher_file: Path, wall_time: float
 ) -> dict[str, Any]:
     """The machine-readable result of a distillation run."""
-    teacher, final, best = (float(t) for t in (system.teacher_score, system.last_score, system.best_score))
+    teacher, final, best = (round(float(t), 6) for t in (system.teacher_score, system.last_score, system.best_score))
     samples = next((cb.last_path for cb in trainer.callbacks if isinstance(cb, SampleGrid)), None)  # type: ignore[attr-defined]
     return {
         "task": "distill",
@@ -74,12 +74,12 @@ def summarize(
         "metric": cfg.dataset.metric_name,
         "teacher": teacher,
         "student": {"final": final, "best": best, "best_epoch": int(system.best_epoch)},
-        "ratio": final / teacher if teacher else float("nan"),
+        "ratio": round(final / teacher, 6) if teacher else float("nan"),
         "iterations": trainer.global_step // (system.student_steps + 1),
         "epochs": trainer.current_epoch,
         "wall_time_s": round(wall_time, 2),
         "seed": cfg.seed,
-        "teacher_checkpoint": str(teacher_file),
+        "teacher_checkpoint": str(teacher_file.resolve()),
         "output_dir": str(out),
         "student_weights": str(out / STUDENT_FILE),
         "samples": str(samples) if samples else None,

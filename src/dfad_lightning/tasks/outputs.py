@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any
 
 from hydra.core.hydra_config import HydraConfig
 from omegaconf import DictConfig, OmegaConf
@@ -27,9 +26,7 @@ def prepare_output_dir(cfg: DictConfig) -> Path:
     """
     out = Path(cfg.paths.output_dir).resolve()
     if (out / RESULTS).exists():
-        raise ConfigError(
-            "hydra.run.dir", f"{out} already holds a finished run ({RESULTS}); choose another directory"
-        )
+        raise ConfigError("hydra.run.dir", f"{out} already holds a finished run ({RESULTS}); choose another directory")
     if (out / LAST_CHECKPOINT).exists() and cfg.get("ckpt_path") is None:
         raise ConfigError(
             "ckpt_path",
@@ -60,4 +57,3 @@ def resolve_ckpt_path(cfg: DictConfig, out: Path) -> Path | None:
     if not path.is_file():
         raise ConfigError("ckpt_path", f"no checkpoint at {path}")
     return path
-

@@ -16,9 +16,9 @@ from omegaconf import DictConfig, OmegaConf
 from torch import nn
 
 from dfad_lightning.errors import ConfigError
+from dfad_lightning.files import save_atomic, write_json_atomic
 from dfad_lightning.tasks.build import build_callbacks, build_network, build_supervised, build_trainer
 from dfad_lightning.tasks.outputs import RESULTS, prepare_output_dir, resolve_ckpt_path
-from dfad_lightning.files import save_atomic, write_json_atomic
 from dfad_lightning.weights import load_weights
 
 log = logging.getLogger(__name__)
@@ -53,12 +53,12 @@ def train_teacher(cfg: DictConfig) -> dict[str, Any]:
         "task": "teacher",
         "dataset": cfg.dataset.name,
         "metric": cfg.dataset.metric_name,
-        "teacher": score,
+        "teacher": round(score, 6),
         "checkpoint": str(out / TEACHER_FILE),
         "epochs": cfg.teacher.training.epochs,
         "wall_time_s": round(time.perf_counter() - start, 2),
         "output_dir": str(out),
-        "objective": score,
+        "objective": round(score, 6),
     }
     save_atomic(net.state_dict(), out / TEACHER_FILE)
     write_json_atomic(results, out / RESULTS)

@@ -1,0 +1,33 @@
+# dfad-lightning: every target sets up .venv first if it is missing or older than pyproject.toml.
+PYTHON ?= python3
+VENV ?= .venv
+BIN := $(VENV)/bin
+STAMP := $(VENV)/.installed
+
+.PHONY: install run test lint typecheck check clean
+
+$(STAMP): pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install --quiet --upgrade pip
+	$(BIN)/python -m pip install --quiet -e ".[dev]"
+	touch $(STAMP)
+
+install: $(STAMP)  ## Create .venv and install the project with its development tools.
+
+run: $(STAMP)  ## The embedded default run (digits, CPU); pass overrides as ARGS="key=value ...".
+	$(BIN)/python train.py $(ARGS)
+
+test: $(STAMP)  ## The whole test suite (what CI runs).
+	$(BIN)/python -m pytest
+
+lint: $(STAMP)
+	$(BIN)/ruff check .
+	$(BIN)/ruff format --check .
+
+typecheck: $(STAMP)
+	$(BIN)/mypy
+
+check: lint typecheck test
+
+clean:
+	rm -rf outputs multirun .cache .pytest_cache .mypy_cache .ruff_cache

@@ -1,0 +1,27 @@
+"""The embedded default (``python train.py`` with no arguments), at reduced length, and the README's example."""
+
+from __future__ import annotations
+
+import re
+
+from conftest import ROOT
+
+from dfad_lightning.tasks import run
+
+
+def test_default_run_at_reduced_length_learns_well_above_chance(make_cfg):
+    # The default configuration, teacher recipe included; only shorter: 50 of its iterations.
+    overrides = ["trainer.max_epochs=2", "data.iterations_per_epoch=25", "trainer.enable_progress_bar=false"]
+    cfg = make_cfg(*overrides, tiny=False)
+    results = run(cfg)
+    assert results["teacher"] > 0.95
+    assert results["student"]["final"] > 0.5  # chance is 0.1
+
+
+def test_readme_python_example_runs(tmp_path, monkeypatch):
+    readme = (ROOT / "README.md").read_text()
+    code = re.search(r"## Using the modules from Python\n\n```python\n(.*?)```", readme, re.S).group(1)
+    assert "L.Trainer(max_epochs=4)" in code
+    fast = "L.Trainer(max_epochs=1, limit_train_batches=2, logger=False, enable_progress_bar=False)"
+    monkeypatch.chdir(tmp_path)
+    exec(compile(code.replace("L.Trainer(max_epochs=4)", fast), "README.md", "exec"), {})

@@ -1,7 +1,16 @@
 import pytest
 import torch
 
-from dfad_lightning.networks import GeneratorA, GeneratorB, LeNet5, lenet5_half
+from dfad_lightning.networks import (
+    GeneratorA,
+    GeneratorB,
+    LeNet5,
+    cifar_resnet,
+    lenet5_half,
+    resnet18_8x,
+    resnet34_8x,
+    torchvision_resnet,
+)
 
 
 def n_params(net: torch.nn.Module) -> int:
@@ -39,3 +48,32 @@ def test_generator_b_allows_non_square_sizes_and_ends_in_tanh():
 def test_generators_refuse_sizes_they_cannot_make(cls, size, factor):
     with pytest.raises(ValueError, match=f"multiples of {factor}"):
         cls(nz=8, channels=1, image_size=size, ngf=4)
+
+
+@pytest.mark.parametrize(
+    ("factory", "params"),
+    [(resnet18_8x, 11_173_962), (resnet34_8x, 21_282_122)],  # paper Table 6 layouts
+)
+def test_resnet_8x_shapes_and_parameter_counts(factory, params):
+    net = factory(3, 10)
+    assert net(torch.randn(2, 3, 32, 32)).shape == (2, 10)
+    assert n_params(net) == params
+
+
+@pytest.mark.parametrize(("depth", "params"), [(20, 269_722), (32, 464_154), (44, 658_586), (56, 853_018)])
+def test_cifar_resnets_have_he_et_al_sizes_and_parameter_free_shortcuts(depth, params):
+    net = cifar_resnet(depth)
+    assert net(torch.randn(2, 3, 32, 32)).shape == (2, 10)
+    assert n_params(net) == params  # akamaster: ResNet-20 0.27 M, ResNet-56 0.85 M
+    assert not any("shortcut" in name for name, _ in net.named_parameters())
+
+
+def test_cifar_resnet_rejects_depths_that_are_not_6n_plus_2():
+    with pytest.raises(ValueError, match="6n \\+ 2"):
+        cifar_resnet(21)
+
+
+@pytest.mark.parametrize("depth", [18, 34])
+def test_torchvision_resnets_take_128px_and_any_number_of_channels(depth):
+    net = torchvision_resnet(depth, in_channels=1, num_classes=101)
+    assert net(torch.randn(2, 1, 128, 128)).shape == (2, 101)

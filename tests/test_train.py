@@ -119,3 +119,17 @@ def test_train_py_reports_a_user_error_in_one_line_without_traceback(tmp_path, c
     assert proc.returncode == 2
     assert "Error: data.batch_size: must be at least 2" in proc.stderr
     assert "Traceback" not in proc.stderr
+
+
+def test_eval_task_scores_the_teacher_and_a_student(tiny_run, make_cfg, tmp_path):
+    trained, out = tiny_run
+    results = run(make_cfg("task=eval", f"student_checkpoint={out / 'student.pt'}", output_dir=tmp_path / "eval"))
+    assert results["task"] == "eval" and results["samples"] == 360
+    assert results["teacher"] == pytest.approx(trained["teacher"])
+    assert results["student"] == pytest.approx(trained["student"]["final"])
+    assert json.loads((tmp_path / "eval" / "results.json").read_text()) == results
+
+
+def test_unset_mandatory_values_are_named(make_cfg):
+    with pytest.raises(ConfigError, match=r"^dataset\.root: must be set"):
+        run(make_cfg("dataset=image_folder"))

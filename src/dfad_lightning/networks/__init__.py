@@ -2,5 +2,24 @@
 
 from dfad_lightning.networks.generators import GeneratorA, GeneratorB
 from dfad_lightning.networks.lenet import LeNet5, lenet5_half
+from dfad_lightning.networks.resnet import (
+    CifarResNet,
+    ResNet8x,
+    cifar_resnet,
+    resnet18_8x,
+    resnet34_8x,
+    torchvision_resnet,
+)
 
-__all__ = ["GeneratorA", "GeneratorB", "LeNet5", "lenet5_half"]
+__all__ = [
+    "CifarResNet",
+    "GeneratorA",
+    "GeneratorB",
+    "LeNet5",
+    "ResNet8x",
+    "cifar_resnet",
+    "lenet5_half",
+    "resnet18_8x",
+    "resnet34_8x",
+    "torchvision_resnet",
+]

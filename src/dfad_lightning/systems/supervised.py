@@ -17,13 +17,14 @@ class Supervised(LightningModule):
     """Train a network on labelled batches ``(x, target)``; evaluate it with a metric.
 
     Used by ``task=teacher`` and by the default run, which trains its own teacher on the
-    embedded digits. The evaluation split is the same real split DFAD evaluates on.
+    embedded digits, and (with ``trainer.validate``) by ``task=eval``. The evaluation split is
+    the same real split DFAD evaluates on. ``score`` holds the metric of the last evaluation.
 
     Args:
         net: The network to train.
         metric: Evaluation metric of outputs against targets (logged as ``val/<metric_name>``).
         metric_name: Short name of the metric.
-        optimizer: Builds the optimizer from the network's parameters.
+        optimizer: Builds the optimizer from the network's parameters (not needed to evaluate).
         scheduler: Builds the LR schedule (stepped per epoch), or ``None``.
         loss: Training loss of ``(outputs, targets)``; cross-entropy by default.
     """
@@ -33,7 +34,7 @@ class Supervised(LightningModule):
         net: nn.Module,
         metric: Metric,
         metric_name: str,
-        optimizer: OptimizerFactory,
+        optimizer: OptimizerFactory | None = None,
         scheduler: SchedulerFactory | None = None,
         loss: Callable[[Tensor, Tensor], Tensor] = F.cross_entropy,
     ) -> None:
@@ -44,7 +45,7 @@ class Supervised(LightningModule):
         self.optimizer = optimizer
         self.scheduler = scheduler
         self.loss = loss
-        self.final_score: float = float("nan")
+        self.score: float = float("nan")
 
     def forward(self, x: Tensor) -> Tensor:
         """The network's outputs."""
@@ -68,11 +69,13 @@ class Supervised(LightningModule):
         score = self.metric.compute()
         self.metric.reset()
         if not self.trainer.sanity_checking:
-            self.final_score = float(score)
+            self.score = float(score)
             self.log(f"val/{self.metric_name}", score, prog_bar=True)
 
     def configure_optimizers(self) -> Any:
         """The configured optimizer and, if any, its per-epoch schedule."""
+        if self.optimizer is None:
+            raise ValueError("Supervised needs an optimizer factory to train")
         optimizer = self.optimizer(self.net.parameters())
         if self.scheduler is None:
             return optimizer

@@ -9,10 +9,11 @@ from typing import Any
 
 from hydra.core.hydra_config import HydraConfig
 from hydra.types import RunMode
-from omegaconf import DictConfig
+from omegaconf import DictConfig, OmegaConf
 
 from dfad_lightning.errors import ConfigError
 from dfad_lightning.tasks.distill import distill
+from dfad_lightning.tasks.evaluate import evaluate
 from dfad_lightning.tasks.teacher import train_teacher
 
 log = logging.getLogger(__name__)
@@ -20,7 +21,20 @@ log = logging.getLogger(__name__)
 TASKS: dict[str, Callable[[DictConfig], dict[str, Any]]] = {
     "distill": distill,
     "teacher": train_teacher,
+    "eval": evaluate,
 }
+
+
+def unset_keys(node: DictConfig, prefix: str = "") -> list[str]:
+    """The keys still ``???`` in a config (interpolations are not resolved)."""
+    keys = []
+    for key in map(str, node):
+        full = f"{prefix}{key}"
+        if OmegaConf.is_missing(node, key):
+            keys.append(full)
+        elif not OmegaConf.is_interpolation(node, key) and isinstance(child := node[key], DictConfig):
+            keys += unset_keys(child, f"{full}.")
+    return keys
 
 
 def run(cfg: DictConfig) -> dict[str, Any]:
@@ -29,6 +43,9 @@ def run(cfg: DictConfig) -> dict[str, Any]:
     Raises:
         ConfigError: The config cannot run.
     """
+    missing = unset_keys(cfg)
+    if missing:
+        raise ConfigError(missing[0], f"must be set (it is ??? in the config; also unset: {missing[1:]})")
     if cfg.task not in TASKS:
         raise ConfigError("task", f"unknown task {cfg.task!r}; choose one of {sorted(TASKS)}")
     return TASKS[cfg.task](cfg)

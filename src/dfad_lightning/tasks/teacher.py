@@ -40,7 +40,7 @@ def fit_teacher(
     system, datamodule = build_supervised(cfg, net)
     trainer = build_trainer(cfg, out, max_epochs=recipe.epochs, callbacks=callbacks, **trainer_overrides)
     trainer.fit(system, datamodule=datamodule, ckpt_path=ckpt_path)
-    return net, system.final_score
+    return net, system.score
 
 
 def train_teacher(cfg: DictConfig) -> dict[str, Any]:

@@ -1,0 +1,337 @@
+"""Real image datasets in their usual on-disk layouts, as ``(image in [0, 1], label)`` pairs.
+
+Every dataset here reads files that are already on disk: a missing or incomplete root fails at
+once with a :class:`~dfad_lightning.errors.ConfigError` that names the config key and the files
+expected. Downloading is opt-in (``download: true``, for users with internet).
+"""
+
+from __future__ import annotations
+
+import gzip
+import json
+import random
+from collections.abc import Callable, Sequence
+from pathlib import Path
+from typing import Any, Literal
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import Tensor
+from torch.utils.data import Dataset
+from torchvision.transforms import v2
+
+from dfad_lightning.errors import ConfigError
+from dfad_lightning.networks.generators import as_size
+
+Split = Literal["train", "test"]
+Transform = Callable[[Tensor], Tensor]
+
+
+def to_image_tensor(size: int | Sequence[int] | None = None) -> v2.Compose:
+    """PIL image or uint8 tensor -> float ``(C, H, W)`` in ``[0, 1]``, resized to ``size`` if given."""
+    steps: list[Any] = [v2.ToImage(), v2.ToDtype(torch.float32, scale=True)]
+    if size is not None:
+        steps.append(v2.Resize(as_size(size), antialias=True))
+    return v2.Compose(steps)
+
+
+def cifar_augment(size: int | Sequence[int] = 32) -> v2.Compose:
+    """The usual CIFAR training augmentation: random crop with 4 pixels of padding, horizontal flip."""
+    return v2.Compose([v2.RandomCrop(as_size(size), padding=4), v2.RandomHorizontalFlip()])
+
+
+def require_files(root: Path, names: Sequence[str], key: str, hint: str = "") -> None:
+    """Fail with a message naming ``key`` and every expected file if any is missing under ``root``.
+
+    Raises:
+        ConfigError: Some of the files are missing.
+    """
+    missing = [n for n in names if not (root / n).exists()]
+    if missing:
+        where = f"{root} does not exist" if not root.exists() else f"{root} lacks {', '.join(missing)}"
+        raise ConfigError(key, f"{where}; expected {', '.join(names)} under it.{' ' + hint if hint else ''}")
+
+
+class _Transformed(Dataset[tuple[Tensor, int]]):
+    """Base of the datasets below: applies an optional augmentation after loading."""
+
+    augment: Transform | None = None
+
+    def _finish(self, image: Tensor) -> Tensor:
+        return self.augment(image) if self.augment is not None else image
+
+
+# --------------------------------------------------------------------------------------------
+# IDX files (MNIST and its relatives)
+# --------------------------------------------------------------------------------------------
+
+
+def read_idx(path: str | Path) -> np.ndarray:
+    """Read an IDX file (``.gz`` or raw): MNIST's format for images and labels.
+
+    >>> import tempfile, os
+    >>> f = os.path.join(tempfile.mkdtemp(), "x.idx")
+    >>> _ = open(f, "wb").write(bytes([0, 0, 8, 1, 0, 0, 0, 3, 7, 8, 9]))
+    >>> read_idx(f).tolist()
+    [7, 8, 9]
+    """
+    opener = gzip.open if str(path).endswith(".gz") else open
+    with opener(path, "rb") as f:
+        data = f.read()
+    zero, dtype_code, ndim = data[0] << 8 | data[1], data[2], data[3]
+    dtypes: dict[int, str] = {0x08: "u1", 0x09: "i1", 0x0B: ">i2", 0x0C: ">i4", 0x0D: ">f4", 0x0E: ">f8"}
+    if zero != 0 or dtype_code not in dtypes:
+        raise ValueError(f"{path} is not an IDX file")
+    shape = tuple(int.from_bytes(data[4 + 4 * i : 8 + 4 * i], "big") for i in range(ndim))
+    array: np.ndarray = np.frombuffer(data, dtype=np.dtype(dtypes[dtype_code]), offset=4 + 4 * ndim)
+    return array.reshape(shape)
+
+
+class IDXDataset(_Transformed):
+    """Images and labels from a pair of IDX files (gzipped or not), resized to ``image_size``.
+
+    Args:
+        images: IDX file of uint8 images ``(N, H, W)`` or ``(N, H, W, C)``.
+        labels: IDX file of ``N`` integer labels.
+        image_size: Output side or ``(height, width)``; ``None`` keeps the files' size.
+        augment: Optional transform of each ``[0, 1]`` image tensor (for training a teacher).
+        key: Config key named in errors.
+    """
+
+    def __init__(
+        self,
+        images: str | Path,
+        labels: str | Path,
+        image_size: int | Sequence[int] | None = None,
+        augment: Transform | None = None,
+        key: str = "dataset",
+    ) -> None:
+        for path in (Path(images), Path(labels)):
+            require_files(path.parent, [path.name], key)
+        pixels = torch.from_numpy(read_idx(images).copy())
+        pixels = pixels.unsqueeze(1) if pixels.ndim == 3 else pixels.permute(0, 3, 1, 2)
+        self.images = pixels.float().div_(255.0)
+        if image_size is not None and self.images.shape[-2:] != as_size(image_size):
+            self.images = F.interpolate(self.images, size=as_size(image_size), mode="bilinear", align_corners=False)
+        self.targets = torch.from_numpy(read_idx(labels).astype(np.int64))
+        if len(self.targets) != len(self.images):
+            raise ConfigError(key, f"{images} holds {len(self.images)} images but {labels} {len(self.targets)} labels")
+        self.augment = augment
+
+    def __len__(self) -> int:
+        return len(self.targets)
+
+    def __getitem__(self, index: int) -> tuple[Tensor, int]:
+        return self._finish(self.images[index]), int(self.targets[index])
+
+
+MNIST_FILES = {
+    "train": ("train-images-idx3-ubyte", "train-labels-idx1-ubyte"),
+    "test": ("t10k-images-idx3-ubyte", "t10k-labels-idx1-ubyte"),
+}
+
+
+def mnist(
+    root: str | Path, split: Split = "train", image_size: int | Sequence[int] = 32, augment: Transform | None = None
+) -> IDXDataset:
+    """MNIST from its four IDX files, gzipped or not, in ``root`` or in torchvision's ``root/MNIST/raw``.
+
+    Images are resized from 28x28 to ``image_size`` (32 in the paper, for LeNet-5).
+    """
+    base = Path(root)
+    names = MNIST_FILES[split]
+    for folder in (base, base / "MNIST" / "raw"):
+        for suffix in ("", ".gz"):
+            if all((folder / (n + suffix)).exists() for n in names):
+                images, labels = (folder / (n + suffix) for n in names)
+                return IDXDataset(images, labels, image_size, augment, key="paths.data_dir")
+    expected = [n + ".gz" for n in names]
+    require_files(base, expected, "paths.data_dir", "(MNIST's IDX files, gzipped or not; or torchvision's MNIST/raw)")
+    raise AssertionError("unreachable")  # pragma: no cover
+
+
+# --------------------------------------------------------------------------------------------
+# Folders of images (a class per folder), CIFAR, Caltech101
+# --------------------------------------------------------------------------------------------
+
+IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".bmp", ".ppm", ".gif", ".tif", ".tiff", ".webp"}
+
+
+def list_class_folders(root: Path, key: str) -> tuple[list[str], list[tuple[Path, int]]]:
+    """The classes (sub-folder names, sorted) and every ``(image file, class index)`` under ``root``.
+
+    Raises:
+        ConfigError: ``root`` is missing or holds no class folders with images.
+    """
+    if not root.is_dir():
+        raise ConfigError(key, f"{root} does not exist; expected one sub-folder of images per class under it")
+    classes = sorted(d.name for d in root.iterdir() if d.is_dir() and not d.name.startswith("."))
+    samples = [
+        (f, i)
+        for i, c in enumerate(classes)
+        for f in sorted((root / c).iterdir())
+        if f.suffix.lower() in IMAGE_SUFFIXES
+    ]
+    if not samples:
+        raise ConfigError(key, f"{root} holds no images in class sub-folders (<root>/<class>/<image>)")
+    return classes, samples
+
+
+class ImageFolderDataset(_Transformed):
+    """Images in one sub-folder per class (sorted names give the labels), torchvision's ``ImageFolder`` layout.
+
+    Args:
+        root: Folder of class folders.
+        image_size: Output side or ``(height, width)``; ``None`` keeps each file's size.
+        channels: 1 (grey) or 3 (RGB): images are converted on loading.
+        augment: Optional transform of each ``[0, 1]`` image tensor.
+        key: Config key named in errors.
+    """
+
+    def __init__(
+        self,
+        root: str | Path,
+        image_size: int | Sequence[int] | None = None,
+        channels: int = 3,
+        augment: Transform | None = None,
+        key: str = "paths.data_dir",
+    ) -> None:
+        self.classes, self.samples = list_class_folders(Path(root), key)
+        self.mode = {1: "L", 3: "RGB"}[channels]
+        self.to_tensor = to_image_tensor(image_size)
+        self.augment = augment
+
+    def __len__(self) -> int:
+        return len(self.samples)
+
+    def __getitem__(self, index: int) -> tuple[Tensor, int]:
+        from PIL import Image
+
+        path, label = self.samples[index]
+        with Image.open(path) as img:
+            image = self.to_tensor(img.convert(self.mode))
+        return self._finish(image), label
+
+
+class CIFAR(_Transformed):
+    """CIFAR-10 or CIFAR-100 in torchvision's layout (``cifar-10-batches-py`` / ``cifar-100-python`` under ``root``).
+
+    Args:
+        root: The folder holding torchvision's CIFAR folder.
+        split: ``"train"`` or ``"test"``.
+        num_classes: 10 or 100.
+        augment: Optional transform of each ``[0, 1]`` image tensor (e.g. :func:`cifar_augment`).
+        download: Download the dataset if it is missing (needs internet).
+    """
+
+    def __init__(
+        self,
+        root: str | Path,
+        split: Split = "train",
+        num_classes: Literal[10, 100] = 10,
+        augment: Transform | None = None,
+        download: bool = False,
+    ) -> None:
+        from torchvision.datasets import CIFAR10, CIFAR100
+
+        cls, folder = {10: (CIFAR10, "cifar-10-batches-py"), 100: (CIFAR100, "cifar-100-python")}[num_classes]
+        if not download:
+            require_files(Path(root), [folder], "paths.data_dir", "(or set dataset.download=true to fetch it)")
+        self.data = cls(str(root), train=split == "train", download=download)
+        self.to_tensor = to_image_tensor()
+        self.augment = augment
+
+    def __len__(self) -> int:
+        return len(self.data)
+
+    def __getitem__(self, index: int) -> tuple[Tensor, int]:
+        image, label = self.data[index]
+        return self._finish(self.to_tensor(image)), int(label)
+
+
+class Caltech101(_Transformed):
+    """Caltech101 (``101_ObjectCategories``) with a seeded, disjoint train/test split kept on disk.
+
+    The first time a split is asked for, it is drawn per class with ``split_seed`` (a fraction
+    ``test_fraction`` of each class held out), written to ``split_file`` and reused ever after,
+    so train and test never overlap and every run sees the same split. The background class is
+    left out (101 classes).
+
+    Args:
+        root: The folder holding ``101_ObjectCategories`` (directly or under ``caltech101/``).
+        split: ``"train"`` or ``"test"``.
+        image_size: Output side or ``(height, width)`` (128 in the paper).
+        split_file: Where the split is kept; default ``<root>/split-seed<seed>.json``.
+        split_seed: Seed of the split.
+        test_fraction: Fraction of each class held out.
+        augment: Optional transform of each ``[0, 1]`` image tensor.
+    """
+
+    def __init__(
+        self,
+        root: str | Path,
+        split: Split = "train",
+        image_size: int | Sequence[int] = 128,
+        split_file: str | Path | None = None,
+        split_seed: int = 0,
+        test_fraction: float = 0.2,
+        augment: Transform | None = None,
+    ) -> None:
+        base = Path(root)
+        folder = next(
+            (p for p in (base / "101_ObjectCategories", base / "caltech101" / "101_ObjectCategories") if p.is_dir()),
+            base / "101_ObjectCategories",
+        )
+        classes, samples = list_class_folders(folder, "paths.data_dir")
+        keep = [c for c in classes if c != "BACKGROUND_Google"]
+        index = {c: i for i, c in enumerate(keep)}
+        self.classes = keep
+        split_path = Path(split_file) if split_file else base / f"split-seed{split_seed}.json"
+        chosen = set(load_or_make_split(split_path, folder, samples, classes, split_seed, test_fraction)[split])
+        self.samples = [
+            (f, index[classes[label]])
+            for f, label in samples
+            if classes[label] in index and str(f.relative_to(folder)) in chosen
+        ]
+        self.to_tensor = to_image_tensor(image_size)
+        self.augment = augment
+
+    def __len__(self) -> int:
+        return len(self.samples)
+
+    def __getitem__(self, index: int) -> tuple[Tensor, int]:
+        from PIL import Image
+
+        path, label = self.samples[index]
+        with Image.open(path) as img:
+            image = self.to_tensor(img.convert("RGB"))
+        return self._finish(image), label
+
+
+def load_or_make_split(
+    path: Path, folder: Path, samples: list[tuple[Path, int]], classes: list[str], seed: int, test_fraction: float
+) -> dict[str, list[str]]:
+    """Read a saved split, or draw one per class (seeded) and save it; files relative to ``folder``.
+
+    Raises:
+        ConfigError: A saved split names files that are not there (another copy of the data).
+    """
+    if path.exists():
+        split: dict[str, list[str]] = json.loads(path.read_text())
+        present = {str(f.relative_to(folder)) for f, _ in samples}
+        if not set(split["train"]) | set(split["test"]) <= present:
+            raise ConfigError("dataset.split_file", f"{path} names images that are not under {folder}")
+        return split
+    rng = random.Random(seed)
+    split = {"train": [], "test": []}
+    for label in range(len(classes)):
+        files = sorted(str(f.relative_to(folder)) for f, y in samples if y == label)
+        rng.shuffle(files)
+        n_test = max(1, round(len(files) * test_fraction)) if len(files) > 1 else 0
+        split["test"] += sorted(files[:n_test])
+        split["train"] += sorted(files[n_test:])
+    path.parent.mkdir(parents=True, exist_ok=True)
+    record: dict[str, Any] = {**split, "seed": seed, "test_fraction": test_fraction}
+    path.write_text(json.dumps(record, indent=1))
+    return split

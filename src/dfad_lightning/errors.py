@@ -16,3 +16,11 @@ class ConfigError(ValueError):
     def __init__(self, key: str, message: str) -> None:
         self.key = key
         super().__init__(f"{key}: {message}")
+
+
+class NonFiniteLossError(RuntimeError):
+    """A loss became NaN or infinite: training stopped rather than go on with broken weights."""
+
+
+class RunInterrupted(RuntimeError):
+    """The run was stopped by a signal after writing its last checkpoint; it can be resumed."""

@@ -5,7 +5,7 @@ from __future__ import annotations
 import warnings
 from collections.abc import Callable, Iterable
 from functools import partial
-from typing import Any, cast
+from typing import Any, Literal, cast
 
 import torch
 from lightning import LightningModule
@@ -17,6 +17,7 @@ from torch.optim.lr_scheduler import LRScheduler
 from torchmetrics import Metric
 
 from dfad_lightning import losses
+from dfad_lightning.errors import ConfigError, NonFiniteLossError
 
 OptimizerFactory = Callable[[Iterable[nn.Parameter]], Optimizer]
 SchedulerFactory = Callable[[Optimizer], LRScheduler]
@@ -68,12 +69,19 @@ class DFAD(LightningModule):
             Same arithmetic in another order; on CPUs it nearly halves the time of an iteration
             (PyTorch's nearest-neighbour upsampling and oneDNN convolutions are far faster in that
             layout).
+        nonfinite: What a NaN or infinite loss does. ``"stop"``: the run stops after that
+            iteration with an error naming it and the last good checkpoint (one host
+            synchronisation per iteration). ``"skip"``: the step is skipped (no update) and
+            counted in ``train/skipped_steps`` (one synchronisation per step).
+        teacher_fingerprint: What identifies the teacher's weights (file and SHA-256); saved in
+            checkpoints, and a checkpoint saved with another teacher is refused on resume.
     """
 
     teacher_score: Tensor
     last_score: Tensor
     best_score: Tensor
     best_epoch: Tensor
+    skipped_steps: Tensor
 
     def __init__(
         self,
@@ -91,10 +99,14 @@ class DFAD(LightningModule):
         generator_scheduler: SchedulerFactory | None = None,
         checkpoint_teacher: bool = False,
         channels_last: bool = False,
+        nonfinite: Literal["stop", "skip"] = "stop",
+        teacher_fingerprint: dict[str, str] | None = None,
     ) -> None:
         super().__init__()
         if student_steps < 1:
             raise ValueError(f"student_steps must be at least 1, got {student_steps}")
+        if nonfinite not in ("stop", "skip"):
+            raise ValueError(f"nonfinite must be 'stop' or 'skip', got {nonfinite!r}")
         self.automatic_optimization = False
         self.teacher = teacher.requires_grad_(False).eval()
         self.student = student
@@ -111,11 +123,15 @@ class DFAD(LightningModule):
         self.generator_scheduler = generator_scheduler
         self.checkpoint_teacher = checkpoint_teacher
         self.channels_last = channels_last
+        self.nonfinite = nonfinite
+        # A plain dict (Hydra hands DictConfigs), so checkpoints load with weights_only=True.
+        self.teacher_fingerprint = dict(teacher_fingerprint) if teacher_fingerprint else None
         # Scores live in buffers so that they travel with checkpoints and across devices.
         self.register_buffer("teacher_score", torch.tensor(float("nan")))
         self.register_buffer("last_score", torch.tensor(float("nan")))
         self.register_buffer("best_score", torch.tensor(float("nan")))
         self.register_buffer("best_epoch", torch.tensor(-1))
+        self.register_buffer("skipped_steps", torch.tensor(0))
 
     # ----------------------------------------------------------------------------------------
     # Hooks for subclasses
@@ -160,11 +176,15 @@ class DFAD(LightningModule):
 
         # Imitation stage: k student steps, each on a fresh sample of the fixed generator.
         # Neither G nor T is trained here, so their forward passes need no graph.
+        student_losses = []
         for z_i in z[:-1]:
             with torch.no_grad():
                 x = self.synthesize(z_i)
                 teacher_out = self.teacher(x)
             loss_s = self.discrepancy(self.student(x), teacher_out)
+            student_losses.append(loss_s.detach())
+            if self._skip(loss_s):
+                continue
             opt_s.zero_grad(set_to_none=True)
             self.manual_backward(loss_s)
             opt_s.step()
@@ -176,11 +196,46 @@ class DFAD(LightningModule):
         with self.toggled_optimizer(opt_g):
             x = self.synthesize(z[-1])
             loss_g = self.generator_loss(self.student(x), self.teacher(x))
-            opt_g.zero_grad(set_to_none=True)
-            self.manual_backward(loss_g)
-            opt_g.step()
+            if not self._skip(loss_g):
+                opt_g.zero_grad(set_to_none=True)
+                self.manual_backward(loss_g)
+                opt_g.step()
 
+        if self.nonfinite == "stop":
+            self._stop_if_nonfinite(torch.stack(student_losses), loss_g.detach())
         self.log_dict({"train/loss_student": loss_s.detach(), "train/loss_generator": loss_g.detach()}, prog_bar=True)
+        if self.nonfinite == "skip":
+            self.log("train/skipped_steps", self.skipped_steps.float())
+
+    def _skip(self, loss: Tensor) -> bool:
+        """In ``nonfinite="skip"`` mode, whether to skip this step (and count it)."""
+        if self.nonfinite != "skip" or bool(torch.isfinite(loss)):
+            return False
+        self.skipped_steps += 1
+        return True
+
+    def _stop_if_nonfinite(self, student_losses: Tensor, loss_g: Tensor) -> None:
+        """Stop the run if any loss of this iteration is NaN or infinite (one host synchronisation).
+
+        Raises:
+            NonFiniteLossError: Naming the iteration, the loss and the last good checkpoint.
+        """
+        if bool(torch.isfinite(torch.cat([student_losses, loss_g.view(1)])).all()):
+            return
+        bad = ~torch.isfinite(student_losses)
+        if bool(bad.any()):
+            step = int(bad.nonzero()[0])
+            which, value = f"student loss (student step {step + 1} of {self.student_steps})", student_losses[step]
+        else:
+            which, value = "generator loss", loss_g
+        saved = [p for cb in self.trainer.checkpoint_callbacks if (p := getattr(cb, "path", None)) and p.is_file()]
+        last = saved[0] if saved else "none written yet"
+        iteration = self.trainer.global_step // (self.student_steps + 1)
+        raise NonFiniteLossError(
+            f"the {which} is {float(value)} in iteration {iteration} (epoch {self.current_epoch}); "
+            f"the weights after it are not trusted and were not saved. Last good checkpoint: {last}. "
+            "Lower the learning rates, or set system.nonfinite=skip to skip such steps."
+        )
 
     def on_train_epoch_end(self) -> None:
         """Step the LR schedules once per epoch (the paper's unit), after the epoch has run.
@@ -284,13 +339,27 @@ class DFAD(LightningModule):
         return self
 
     def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
-        """Leave the frozen teacher's weights out of checkpoints unless asked to keep them."""
+        """Record which teacher was used; leave its weights out unless asked to keep them."""
+        checkpoint["dfad_teacher"] = self.teacher_fingerprint
         if not self.checkpoint_teacher:
             state = checkpoint["state_dict"]
             checkpoint["state_dict"] = {k: v for k, v in state.items() if not k.startswith("teacher.")}
 
     def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
-        """Fill a checkpoint saved without the teacher with the teacher already loaded."""
+        """Refuse a checkpoint of another teacher; fill one saved without the teacher with this one.
+
+        Raises:
+            ConfigError: The checkpoint was trained against a teacher with other weights.
+        """
+        saved = checkpoint.get("dfad_teacher")
+        current = self.teacher_fingerprint
+        if saved and current and saved.get("sha256") != current.get("sha256"):
+            raise ConfigError(
+                "teacher.checkpoint",
+                f"the checkpoint to resume was trained against the teacher {saved.get('path')} "
+                f"(sha256 {saved.get('sha256', '?')[:12]}), not {current.get('path')} "
+                f"(sha256 {current.get('sha256', '?')[:12]}); resume with the same teacher",
+            )
         state = checkpoint["state_dict"]
         for key, value in self.teacher.state_dict(prefix="teacher.").items():
             state.setdefault(key, value)

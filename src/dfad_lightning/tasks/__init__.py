@@ -11,17 +11,22 @@ from hydra.core.hydra_config import HydraConfig
 from hydra.types import RunMode
 from omegaconf import DictConfig, OmegaConf
 
-from dfad_lightning.errors import ConfigError
+from dfad_lightning.errors import ConfigError, NonFiniteLossError, RunInterrupted
 from dfad_lightning.tasks.distill import distill
 from dfad_lightning.tasks.evaluate import evaluate
+from dfad_lightning.tasks.export import export
 from dfad_lightning.tasks.teacher import train_teacher
 
 log = logging.getLogger(__name__)
+
+# Exit statuses of train.py: a user error, a numerical fault, a stop by signal (128 + SIGTERM).
+EXIT_CODES = {ConfigError: 2, NonFiniteLossError: 3, RunInterrupted: 143}
 
 TASKS: dict[str, Callable[[DictConfig], dict[str, Any]]] = {
     "distill": distill,
     "teacher": train_teacher,
     "eval": evaluate,
+    "export": export,
 }
 
 
@@ -59,11 +64,12 @@ def main(cfg: DictConfig) -> float | None:
     """
     try:
         results = run(cfg)
-    except ConfigError as err:
+    except (ConfigError, NonFiniteLossError, RunInterrupted) as err:
         if HydraConfig.initialized() and HydraConfig.get().mode == RunMode.MULTIRUN:
             log.error("%s", err)
             raise  # the sweep records this job as failed and goes on with the others
-        print(f"Error: {err}", file=sys.stderr)
-        sys.exit(2)
+        label = "Interrupted" if isinstance(err, RunInterrupted) else "Error"
+        print(f"{label}: {err}", file=sys.stderr)
+        sys.exit(EXIT_CODES[type(err)])
     objective = results.get("objective")
     return float(objective) if objective is not None else None

@@ -62,9 +62,9 @@ def build_datamodule(cfg: DictConfig) -> DFADDataModule:
     return datamodule
 
 
-def build_system(cfg: DictConfig, teacher: nn.Module, student: nn.Module, generator: nn.Module) -> DFAD:
+def build_system(cfg: DictConfig, teacher: nn.Module, student: nn.Module, generator: nn.Module, **kwargs: Any) -> DFAD:
     """The DFAD LightningModule (or the subclass named by ``system._target_``)."""
-    return cast(DFAD, instantiate(cfg.system, teacher=teacher, student=student, generator=generator))
+    return cast(DFAD, instantiate(cfg.system, teacher=teacher, student=student, generator=generator, **kwargs))
 
 
 def build_supervised(cfg: DictConfig, net: nn.Module) -> tuple[Supervised, SupervisedDataModule]:
@@ -94,9 +94,20 @@ def build_supervised(cfg: DictConfig, net: nn.Module) -> tuple[Supervised, Super
 
 
 def build_callbacks(cfg: DictConfig, names: list[str] | None = None) -> list[Callback]:
-    """The callbacks of ``cfg.callbacks`` (all, or those named); ``null`` entries are skipped."""
-    nodes = cfg.get("callbacks") or {}
-    return [instantiate(node) for name, node in nodes.items() if node is not None and (names is None or name in names)]
+    """The callbacks of ``cfg.callbacks`` (all, or those named); ``null`` entries are skipped.
+
+    Raises:
+        ConfigError: A callback refuses its settings.
+    """
+    callbacks = []
+    for name, node in (cfg.get("callbacks") or {}).items():
+        if node is None or (names is not None and name not in names):
+            continue
+        try:
+            callbacks.append(instantiate(node))
+        except InstantiationException as err:
+            raise ConfigError(f"callbacks.{name}", str(err.__cause__ or err)) from err
+    return callbacks
 
 
 def build_trainer(cfg: DictConfig, out: Path, **overrides: Any) -> Trainer:
@@ -105,6 +116,7 @@ def build_trainer(cfg: DictConfig, out: Path, **overrides: Any) -> Trainer:
     Raises:
         ConfigError: The trainer config asks for hardware or precision the machine lacks.
     """
+    check_precision(cfg)
     kwargs: dict[str, Any] = {"default_root_dir": str(out)}
     if "logger" not in overrides:
         kwargs["logger"] = instantiate(cfg.logger) if cfg.get("logger") else False
@@ -114,8 +126,25 @@ def build_trainer(cfg: DictConfig, out: Path, **overrides: Any) -> Trainer:
     except InstantiationException as err:
         cause = err.__cause__
         if isinstance(cause, MisconfigurationException | RuntimeError | ValueError):
-            raise ConfigError("trainer", f"{cause} (choose another trainer, e.g. trainer=cpu)") from err
+            key = "trainer.precision" if "precision" in str(cause) else "trainer"
+            raise ConfigError(key, f"{cause} (this machine cannot run it; e.g. trainer=cpu)") from err
         raise
+
+
+def check_precision(cfg: DictConfig) -> None:
+    """Refuse a precision the machine cannot run (Lightning would quietly run another one).
+
+    Raises:
+        ConfigError: fp16 mixed precision without a CUDA GPU, or bf16 on a GPU without it.
+    """
+    precision = str(cfg.trainer.get("precision", "32-true"))
+    on_gpu = cfg.trainer.get("accelerator") in ("gpu", "cuda") or (
+        cfg.trainer.get("accelerator") == "auto" and torch.cuda.is_available()
+    )
+    if precision.startswith("16") and not on_gpu:
+        raise ConfigError("trainer.precision", f"{precision} needs a CUDA GPU; on a CPU use bf16-mixed or 32-true")
+    if precision.startswith("bf16") and on_gpu and torch.cuda.is_available() and not torch.cuda.is_bf16_supported():
+        raise ConfigError("trainer.precision", f"this GPU cannot run {precision}; use 16-mixed or 32-true")
 
 
 @contextlib.contextmanager

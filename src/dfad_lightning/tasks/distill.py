@@ -23,8 +23,9 @@ from dfad_lightning.tasks.build import (
     check_config,
     check_networks,
 )
-from dfad_lightning.tasks.outputs import RESULTS, prepare_output_dir, resolve_ckpt_path
+from dfad_lightning.tasks.outputs import RESULTS, fit_resumable, prepare_output_dir, resolve_ckpt_path
 from dfad_lightning.tasks.teacher import load_teacher
+from dfad_lightning.weights import sha256
 
 STUDENT_FILE = "student.pt"
 
@@ -46,13 +47,14 @@ def distill(cfg: DictConfig) -> dict[str, Any]:
     generator = build_network(cfg.generator, "generator")
     check_networks(cfg, teacher, student, generator)
     datamodule = build_datamodule(cfg)
-    system = build_system(cfg, teacher, student, generator)
+    fingerprint = {"path": str(teacher_file.resolve()), "sha256": sha256(teacher_file)}
+    system = build_system(cfg, teacher, student, generator, teacher_fingerprint=fingerprint)
     trainer = build_trainer(cfg, out, callbacks=build_callbacks(cfg))
     if trainer.logger is not None:
         trainer.logger.log_hyperparams(OmegaConf.to_container(cfg, resolve=True))  # type: ignore[arg-type]
 
-    trainer.fit(system, datamodule=datamodule, ckpt_path=ckpt_path)
-    if trainer.interrupted or not trainer.is_global_zero:
+    fit_resumable(trainer, system, datamodule, ckpt_path, out)
+    if not trainer.is_global_zero:
         return {}
 
     save_atomic(student.state_dict(), out / STUDENT_FILE)

@@ -1,13 +1,15 @@
-"""The run directory: what a run writes there, and the rule that no run overwrites another."""
+"""The run directory: no run overwrites another, and a stopped run can be resumed there."""
 
 from __future__ import annotations
 
 from pathlib import Path
 
 from hydra.core.hydra_config import HydraConfig
+from lightning import LightningDataModule, LightningModule, Trainer
+from lightning.pytorch.utilities.exceptions import SIGTERMException
 from omegaconf import DictConfig, OmegaConf
 
-from dfad_lightning.errors import ConfigError
+from dfad_lightning.errors import ConfigError, RunInterrupted
 
 RESULTS = "results.json"
 LAST_CHECKPOINT = Path("checkpoints") / "last.ckpt"
@@ -27,7 +29,7 @@ def prepare_output_dir(cfg: DictConfig) -> Path:
     out = Path(cfg.paths.output_dir).resolve()
     if (out / RESULTS).exists():
         raise ConfigError("hydra.run.dir", f"{out} already holds a finished run ({RESULTS}); choose another directory")
-    if (out / LAST_CHECKPOINT).exists() and cfg.get("ckpt_path") is None:
+    if latest_checkpoint(out) is not None and cfg.get("ckpt_path") is None:
         raise ConfigError(
             "ckpt_path",
             f"{out} holds an unfinished run ({LAST_CHECKPOINT}); resume it with ckpt_path=last, "
@@ -44,8 +46,18 @@ def prepare_output_dir(cfg: DictConfig) -> Path:
     return out
 
 
+def latest_checkpoint(out: Path) -> Path | None:
+    """The newest of ``checkpoints/last.ckpt`` and Lightning's SLURM ``hpc_ckpt_N.ckpt`` in ``out``."""
+    candidates = [p for p in (out / LAST_CHECKPOINT, *out.glob("hpc_ckpt_*.ckpt")) if p.is_file()]
+    return max(candidates, key=lambda p: p.stat().st_mtime) if candidates else None
+
+
 def resolve_ckpt_path(cfg: DictConfig, out: Path) -> Path | None:
-    """The checkpoint to resume from: ``ckpt_path=last`` means this run directory's last one.
+    """The checkpoint to resume from.
+
+    ``ckpt_path=last``: this run directory's last checkpoint; ``auto``: the newest checkpoint of
+    this directory if there is one, else a fresh start (for jobs that a cluster requeues with
+    the same command); anything else: a path.
 
     Raises:
         ConfigError: There is no such checkpoint.
@@ -53,7 +65,28 @@ def resolve_ckpt_path(cfg: DictConfig, out: Path) -> Path | None:
     value = cfg.get("ckpt_path")
     if value is None:
         return None
-    path = out / LAST_CHECKPOINT if value == "last" else Path(str(value)).expanduser()
+    if value == "auto":
+        return latest_checkpoint(out)
+    path = latest_checkpoint(out) if value == "last" else Path(str(value)).expanduser()
+    if path is None:
+        raise ConfigError("ckpt_path", f"no checkpoint to resume in {out / LAST_CHECKPOINT.parent}")
     if not path.is_file():
         raise ConfigError("ckpt_path", f"no checkpoint at {path}")
     return path
+
+
+def fit_resumable(
+    trainer: Trainer, module: LightningModule, datamodule: LightningDataModule, ckpt_path: Path | None, out: Path
+) -> None:
+    """``trainer.fit``, turning a stop by SIGTERM or SIGINT into :class:`RunInterrupted`.
+
+    Raises:
+        RunInterrupted: The run saved its last checkpoint and stopped; it can be resumed.
+    """
+    try:
+        trainer.fit(module, datamodule=datamodule, ckpt_path=ckpt_path)
+    except SIGTERMException:
+        raise RunInterrupted(
+            f"stopped by a signal after saving {out / LAST_CHECKPOINT}. Resume with: "
+            f"python train.py hydra.run.dir={out} ckpt_path=last (and the same overrides)"
+        ) from None

@@ -18,7 +18,7 @@ from torch import nn
 from dfad_lightning.errors import ConfigError
 from dfad_lightning.files import save_atomic, write_json_atomic
 from dfad_lightning.tasks.build import build_callbacks, build_network, build_supervised, build_trainer
-from dfad_lightning.tasks.outputs import RESULTS, prepare_output_dir, resolve_ckpt_path
+from dfad_lightning.tasks.outputs import RESULTS, fit_resumable, prepare_output_dir, resolve_ckpt_path
 from dfad_lightning.weights import load_weights
 
 log = logging.getLogger(__name__)
@@ -39,7 +39,7 @@ def fit_teacher(
     net = build_network(cfg.teacher.net, "teacher.net")
     system, datamodule = build_supervised(cfg, net)
     trainer = build_trainer(cfg, out, max_epochs=recipe.epochs, callbacks=callbacks, **trainer_overrides)
-    trainer.fit(system, datamodule=datamodule, ckpt_path=ckpt_path)
+    fit_resumable(trainer, system, datamodule, ckpt_path, out)
     return net, system.score
 
 

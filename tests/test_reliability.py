@@ -1,0 +1,180 @@
+"""Numerical faults, bad input, checkpoint hygiene, and the deployable student."""
+
+from __future__ import annotations
+
+import json
+import math
+import shutil
+
+import lightning as L
+import pytest
+import torch
+from hydra.errors import ConfigCompositionException
+from test_dfad import make_datamodule, make_system
+
+from dfad_lightning.callbacks import LastCheckpoint
+from dfad_lightning.errors import ConfigError, NonFiniteLossError
+from dfad_lightning.networks import LeNet5, cifar_resnet
+from dfad_lightning.tasks import run
+
+
+class NaNAfter:
+    """A discrepancy that turns NaN from its n-th call on (a fault injected into the loop)."""
+
+    def __init__(self, n: int) -> None:
+        self.calls, self.n = 0, n
+
+    def __call__(self, s, t):
+        self.calls += 1
+        loss = torch.nn.functional.l1_loss(s, t)
+        return loss * float("nan") if self.calls >= self.n else loss
+
+
+def fit(system, tmp_path, epochs=2):
+    trainer = L.Trainer(
+        max_epochs=epochs,
+        logger=False,
+        enable_progress_bar=False,
+        num_sanity_val_steps=0,
+        callbacks=[LastCheckpoint(tmp_path / "ckpt", every_n_iterations=1)],
+        default_root_dir=tmp_path,
+    )
+    trainer.fit(system, datamodule=make_datamodule())
+    return trainer
+
+
+def test_a_nan_loss_stops_the_run_naming_the_iteration_and_the_last_good_checkpoint(tmp_path):
+    # K = 3 student steps + 1 generator step = 4 discrepancy calls per iteration: call 10 is in iteration 3.
+    system = make_system(discrepancy=NaNAfter(10))
+    with pytest.raises(NonFiniteLossError) as err:
+        fit(system, tmp_path)
+    message = str(err.value)
+    assert "student loss (student step 2 of 3)" in message and "in iteration 3 " in message
+    assert str(tmp_path / "ckpt" / "last.ckpt") in message
+    saved = torch.load(tmp_path / "ckpt" / "last.ckpt", weights_only=True)
+    assert saved["global_step"] == 2 * 4  # the two good iterations, nothing after
+    weights = {k: v for k, v in saved["state_dict"].items() if k.startswith(("student.", "generator."))}
+    assert weights and all(torch.isfinite(v).all() for v in weights.values() if v.is_floating_point())
+
+
+def test_skip_mode_skips_and_counts_nonfinite_steps(tmp_path):
+    system = make_system(discrepancy=NaNAfter(10), nonfinite="skip")
+    fit(system, tmp_path, epochs=1)  # 4 iterations: from call 10 on, every step is skipped
+    assert int(system.skipped_steps) == 16 - 9
+    assert all(torch.isfinite(p).all() for p in system.student.parameters())
+
+
+@pytest.mark.parametrize(
+    ("overrides", "key", "text"),
+    [
+        (["dataset.image_size=[30,30]"], "generator", "multiples of 4"),
+        (["dataset.image_size=[16,16]"], "teacher", "cannot take inputs of shape (1, 16, 16)"),
+        (["trainer.precision=16-mixed"], "trainer.precision", "16-mixed"),
+        (["callbacks.checkpoint.every_n_iterations=0"], "callbacks", "every_n_iterations must be at least 1"),
+    ],
+)
+def test_bad_input_fails_before_training_naming_the_key(make_cfg, overrides, key, text):
+    with pytest.raises(ConfigError) as err:
+        run(make_cfg(*overrides))
+    assert str(err.value).startswith(f"{key}") and text in str(err.value)
+
+
+@pytest.mark.parametrize("override", ["loss=nonsense", "dataset=nonsense", "model=nonsense"])
+def test_unknown_option_names_are_hydras_errors_listing_the_options(make_cfg, override):
+    with pytest.raises(ConfigCompositionException, match="Available options"):
+        make_cfg(override)
+
+
+def test_a_run_refuses_to_resume_against_another_teacher(make_cfg, tmp_path):
+    first = tmp_path / "first"
+    results = run(make_cfg(output_dir=first))
+    # A copy of the run without its results, as a killed run would leave it.
+    killed = tmp_path / "killed"
+    shutil.copytree(first / "checkpoints", killed / "checkpoints")
+    other = tmp_path / "other-teacher.pt"
+    torch.save(LeNet5(1, 10).state_dict(), other)
+    with pytest.raises(ConfigError, match=r"^teacher\.checkpoint: the checkpoint to resume was trained against"):
+        run(make_cfg("ckpt_path=last", f"teacher.checkpoint={other}", output_dir=killed))
+    checkpoint = torch.load(first / "checkpoints" / "last.ckpt", weights_only=True)
+    assert checkpoint["dfad_teacher"]["path"] == results["teacher_checkpoint"]
+
+
+def test_ckpt_path_auto_starts_fresh_then_resumes(make_cfg, tmp_path):
+    out = tmp_path / "auto"
+    results = run(make_cfg("ckpt_path=auto", output_dir=out))
+    assert results["iterations"] == 6
+    with pytest.raises(ConfigError, match="already holds a finished run"):
+        run(make_cfg("ckpt_path=auto", output_dir=out))
+
+
+def test_ckpt_path_last_without_a_checkpoint_is_refused(make_cfg, tmp_path):
+    with pytest.raises(ConfigError, match=r"^ckpt_path: no checkpoint to resume"):
+        run(make_cfg("ckpt_path=last"))
+
+
+@pytest.fixture(scope="module")
+def digits_student(tmp_path_factory, cache_dir):
+    from conftest import TINY, compose_config
+
+    out = tmp_path_factory.mktemp("student") / "run"
+    run(compose_config(TINY, out, cache_dir))
+    return out / "student.pt"
+
+
+@pytest.mark.parametrize("setting", ["digits", "cifar"])
+def test_export_writes_state_dict_torchscript_and_onnx_that_match_the_module(
+    make_cfg, tmp_path, setting, digits_student
+):
+    if setting == "digits":
+        checkpoint, overrides = digits_student, []
+    else:  # a network with BatchNorm and option-A shortcuts, on 3x32x32 inputs
+        checkpoint = tmp_path / "resnet20.pt"
+        torch.save(cifar_resnet(20).state_dict(), checkpoint)
+        overrides = ["dataset=cifar10", "model=cifar_resnet20"]
+    results = run(make_cfg("task=export", f"student_checkpoint={checkpoint}", *overrides, output_dir=tmp_path / "x"))
+    assert set(results["files"]) == {"state_dict", "exported_program", "torchscript", "onnx"}
+    for difference in results["max_abs_difference"].values():
+        assert math.isfinite(difference) and difference <= 1e-4
+    assert json.loads((tmp_path / "x" / "results.json").read_text())["task"] == "export"
+
+
+def test_export_needs_a_student(make_cfg):
+    with pytest.raises(ConfigError, match=r"^student_checkpoint: set it"):
+        run(make_cfg("task=export"))
+
+
+def test_resume_picks_the_newest_of_last_and_slurm_requeue_checkpoints(tmp_path):
+    import os
+
+    from dfad_lightning.tasks.outputs import latest_checkpoint
+
+    assert latest_checkpoint(tmp_path) is None
+    (tmp_path / "checkpoints").mkdir()
+    last = tmp_path / "checkpoints" / "last.ckpt"
+    hpc = tmp_path / "hpc_ckpt_1.ckpt"  # what Lightning writes on SLURM's requeue signal
+    last.write_bytes(b"x")
+    hpc.write_bytes(b"x")
+    os.utime(last, (1, 1))
+    assert latest_checkpoint(tmp_path) == hpc
+    os.utime(hpc, (0, 0))
+    assert latest_checkpoint(tmp_path) == last
+
+
+def test_on_slurm_the_trainer_requeues_through_lightning(make_cfg, tmp_path, monkeypatch):
+    from lightning.pytorch.plugins.environments import SLURMEnvironment
+
+    from dfad_lightning.tasks.build import build_trainer
+
+    for key, value in {
+        "SLURM_NTASKS": "1",
+        "SLURM_JOB_NAME": "dfad",
+        "SLURM_NODEID": "0",
+        "SLURM_PROCID": "0",
+        "SLURM_LOCALID": "0",
+        "SLURM_NODELIST": "node1",
+        "SLURM_JOB_ID": "42",
+    }.items():
+        monkeypatch.setenv(key, value)
+    trainer = build_trainer(make_cfg(), tmp_path)
+    environment = trainer._accelerator_connector.cluster_environment
+    assert isinstance(environment, SLURMEnvironment) and environment.auto_requeue

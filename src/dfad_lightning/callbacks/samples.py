@@ -32,6 +32,20 @@ def side_by_side(left: Tensor, right: Tensor, nrow: int = 8) -> Tensor:
     return torch.cat([grids[0], gap, grids[1]], dim=2)
 
 
+def log_picture(trainer: Trainer, key: str, picture: Tensor) -> None:
+    """Send a picture ``(3, H, W)`` in ``[0, 1]`` to every logger of the run that takes images.
+
+    TensorBoard (``add_image``) and loggers with a ``log_image`` method (Weights & Biases,
+    Neptune) receive it; the CSV logger takes no images (the PNG files are the record).
+    """
+    for logger in trainer.loggers:
+        experiment = getattr(logger, "experiment", None)
+        if hasattr(logger, "log_image"):
+            logger.log_image(key=key, images=[picture], step=trainer.global_step)
+        elif experiment is not None and hasattr(experiment, "add_image"):
+            experiment.add_image(key, picture, global_step=trainer.global_step)
+
+
 class SampleGrid(Callback):
     """After every evaluation, save generated samples (left) beside real evaluation images (right).
 
@@ -90,3 +104,4 @@ class SampleGrid(Callback):
         self.dirpath.mkdir(parents=True, exist_ok=True)
         self.last_path = self.dirpath / f"epoch_{trainer.current_epoch:03d}.png"
         save_image(picture, self.last_path)
+        log_picture(trainer, "samples", picture)

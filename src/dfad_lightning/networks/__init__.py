@@ -10,6 +10,7 @@ from dfad_lightning.networks.resnet import (
     resnet34_8x,
     torchvision_resnet,
 )
+from dfad_lightning.networks.segmentation import deeplabv3
 
 __all__ = [
     "CifarResNet",
@@ -18,6 +19,7 @@ __all__ = [
     "LeNet5",
     "ResNet8x",
     "cifar_resnet",
+    "deeplabv3",
     "lenet5_half",
     "resnet18_8x",
     "resnet34_8x",

@@ -47,7 +47,8 @@ def build_network(node: DictConfig, key: str) -> nn.Module:
     try:
         return cast(nn.Module, instantiate(node))
     except Exception as err:
-        raise ConfigError(key, f"cannot build the network: {err}") from err
+        cause = err.__cause__ if isinstance(err, InstantiationException) and err.__cause__ else err
+        raise ConfigError(key, f"cannot build the network: {cause}") from err
 
 
 def build_metric(cfg: DictConfig) -> Metric:
@@ -69,6 +70,13 @@ def build_system(cfg: DictConfig, teacher: nn.Module, student: nn.Module, genera
 
 def build_supervised(cfg: DictConfig, net: nn.Module) -> tuple[Supervised, SupervisedDataModule]:
     """A teacher-training system for ``net`` and its labelled data, from ``teacher.training``."""
+    for split in ("train", "test"):
+        if cfg.dataset.get(split) is None:
+            raise ConfigError(
+                f"dataset.{split}",
+                f"dataset={cfg.dataset.name} has no {split} split: no teacher can be trained or measured here "
+                "(bring a trained one with teacher.checkpoint=PATH)",
+            )
     recipe = cfg.teacher.training
     datamodule = SupervisedDataModule(
         train_dataset=instantiate(cfg.dataset.train),
@@ -132,15 +140,17 @@ def build_trainer(cfg: DictConfig, out: Path, **overrides: Any) -> Trainer:
 
 
 def check_precision(cfg: DictConfig) -> None:
-    """Refuse a precision the machine cannot run (Lightning would quietly run another one).
+    """Refuse a precision (or SyncBatchNorm) the machine cannot run, before Lightning fails late or quietly.
 
     Raises:
-        ConfigError: fp16 mixed precision without a CUDA GPU, or bf16 on a GPU without it.
+        ConfigError: fp16 mixed precision or SyncBatchNorm without a CUDA GPU, or bf16 on a GPU without it.
     """
     precision = str(cfg.trainer.get("precision", "32-true"))
     on_gpu = cfg.trainer.get("accelerator") in ("gpu", "cuda") or (
         cfg.trainer.get("accelerator") == "auto" and torch.cuda.is_available()
     )
+    if cfg.trainer.get("sync_batchnorm") and not on_gpu:
+        raise ConfigError("trainer.sync_batchnorm", "SyncBatchNorm works only on CUDA GPUs (PyTorch); set it to false")
     if precision.startswith("16") and not on_gpu:
         raise ConfigError("trainer.precision", f"{precision} needs a CUDA GPU; on a CPU use bf16-mixed or 32-true")
     if precision.startswith("bf16") and on_gpu and torch.cuda.is_available() and not torch.cuda.is_bf16_supported():

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import logging
@@ -11,6 +12,7 @@ from pathlib import Path
 from typing import Any
 
 import lightning as L
+from hydra.core.hydra_config import HydraConfig
 from lightning import Callback
 from omegaconf import DictConfig, OmegaConf
 from torch import nn
@@ -65,7 +67,7 @@ def train_teacher(cfg: DictConfig) -> dict[str, Any]:
     print(
         f"\nTeacher {cfg.dataset.metric_name} on the {cfg.dataset.name} evaluation split: {score:.4f}"
         f"\nWall time {results['wall_time_s']:.1f} s. Weights: {out / TEACHER_FILE}"
-        f"\nDistil it with: python train.py dataset={cfg.dataset.name} teacher.checkpoint={out / TEACHER_FILE}"
+        f"\nDistil it with: python train.py {teacher_command_args(cfg)} teacher.checkpoint={out / TEACHER_FILE}"
     )
     return results
 
@@ -100,6 +102,16 @@ def cached_teacher(cfg: DictConfig) -> Path:
     return path
 
 
+def teacher_command_args(cfg: DictConfig) -> str:
+    """The overrides of this run that decide its teacher: dataset, teacher and data root, when set."""
+    args = [f"dataset={cfg.dataset.name}"]
+    with contextlib.suppress(ValueError):  # outside a Hydra run there are no overrides to read
+        for override in HydraConfig.get().overrides.task:
+            if override.split("=", 1)[0].lstrip("+~") in ("teacher", "paths.data_dir", "dataset.root", "experiment"):
+                args.append(override)
+    return " ".join(args)
+
+
 def load_teacher(cfg: DictConfig) -> tuple[nn.Module, Path]:
     """Build the teacher network and load its weights.
 
@@ -116,8 +128,8 @@ def load_teacher(cfg: DictConfig) -> tuple[nn.Module, Path]:
         raise ConfigError(
             "teacher.checkpoint",
             f"no teacher checkpoint is set for dataset={cfg.dataset.name}. Train one with "
-            f"`python train.py task=teacher dataset={cfg.dataset.name}`, then pass the {TEACHER_FILE} it writes "
-            f"as teacher.checkpoint=PATH",
+            f"`python train.py task=teacher {teacher_command_args(cfg)}`, then pass the {TEACHER_FILE} it "
+            f"writes as teacher.checkpoint=PATH",
         )
     load_weights(teacher, path, "teacher.checkpoint")
     return teacher, path

@@ -8,7 +8,7 @@ from typing import Any
 import torch
 from lightning import LightningDataModule
 from torch import Tensor
-from torch.utils.data import DataLoader, Dataset
+from torch.utils.data import DataLoader, Dataset, RandomSampler
 
 from dfad_lightning.data.noise import NoiseStream
 
@@ -20,22 +20,25 @@ class Normalized(Dataset[tuple[Tensor, Any]]):
     data lives in the same input space as the generator's samples.
 
     Args:
-        dataset: Yields ``(image, target)`` with ``image`` a float tensor ``(C, H, W)`` in ``[0, 1]``.
+        dataset: Yields ``(input, target)`` with ``input`` a float tensor ``(C, ...)``, e.g. an image
+            ``(C, H, W)`` in ``[0, 1]``.
         mean: Per-channel mean.
         std: Per-channel standard deviation.
     """
 
     def __init__(self, dataset: Dataset[tuple[Tensor, Any]], mean: Sequence[float], std: Sequence[float]) -> None:
         self.dataset = dataset
-        self.mean = torch.tensor(list(mean), dtype=torch.float32).view(-1, 1, 1)
-        self.std = torch.tensor(list(std), dtype=torch.float32).view(-1, 1, 1)
+        self.mean = torch.tensor(list(mean), dtype=torch.float32)
+        self.std = torch.tensor(list(std), dtype=torch.float32)
 
     def __len__(self) -> int:
         return len(self.dataset)  # type: ignore[arg-type]
 
     def __getitem__(self, index: int) -> tuple[Tensor, Any]:
         image, target = self.dataset[index]
-        return (image - self.mean) / self.std, target
+        # Statistics per channel (dimension 0), whatever the input's rank: images, vectors, volumes.
+        shape = (-1,) + (1,) * (image.dim() - 1)
+        return (image - self.mean.view(shape)) / self.std.view(shape), target
 
 
 class DFADDataModule(LightningDataModule):
@@ -179,3 +182,48 @@ class SupervisedDataModule(LightningDataModule):
             num_workers=self.num_workers,
             persistent_workers=self.num_workers > 0,
         )
+
+
+class TransferDataModule(DFADDataModule):
+    """Real images in place of noise, for the knowledge-distillation baselines (KD-ORI, KD-REL, KD-UNR).
+
+    Each training batch is ``(student_steps + 1, batch_size, C, H, W)`` images of ``train_dataset``
+    (labels dropped, normalised with the teacher's statistics), drawn at random with replacement,
+    so an epoch has ``iterations_per_epoch`` iterations whatever the dataset's size. The
+    evaluation split is the dataset's, as for DFAD.
+
+    Args:
+        train_dataset: Builds the transfer data (images in ``[0, 1]`` of the teacher's input shape).
+        **kwargs: As :class:`DFADDataModule`.
+    """
+
+    def __init__(self, train_dataset: Callable[[], Dataset[Any]], **kwargs: Any) -> None:
+        super().__init__(**kwargs)
+        self.train_dataset_factory = train_dataset
+        self.train_dataset: Dataset[Any] | None = None
+
+    def setup(self, stage: str) -> None:
+        """Build the evaluation split and the transfer data."""
+        super().setup(stage)
+        if self.train_dataset is None:
+            self.train_dataset = Normalized(self.train_dataset_factory(), self.mean, self.std)
+
+    def train_dataloader(self) -> DataLoader[Any]:  # type: ignore[override]
+        """Batches of ``student_steps + 1`` stacked image batches, drawn with a seeded sampler."""
+        assert self.train_dataset is not None
+        draws = self.student_steps + 1
+        sampler = RandomSampler(
+            self.train_dataset,  # type: ignore[arg-type]
+            replacement=True,
+            num_samples=self.iterations_per_epoch * draws * self.batch_size,
+            generator=torch.Generator().manual_seed(self.seed),
+        )
+
+        def stack(samples: list[tuple[Tensor, Any]]) -> Tensor:
+            images = torch.stack([image for image, _ in samples])
+            return images.view(draws, self.batch_size, *images.shape[1:])
+
+        return DataLoader(
+            self.train_dataset, batch_size=draws * self.batch_size, sampler=sampler, collate_fn=stack,
+            num_workers=self.num_workers, drop_last=True,
+        )  # fmt: skip

@@ -27,7 +27,7 @@ def forward_flops(net: nn.Module, x: torch.Tensor) -> float:
     net.eval()
     with torch.no_grad(), FlopCounterMode(display=False) as counter:
         net(x)
-    return counter.get_total_flops() / x.shape[0]
+    return float(counter.get_total_flops()) / x.shape[0]
 
 
 def main() -> None:

@@ -1,6 +1,8 @@
 """Lightning callbacks of dfad-lightning."""
 
 from dfad_lightning.callbacks.checkpoint import LastCheckpoint
+from dfad_lightning.callbacks.masks import MaskGrid
+from dfad_lightning.callbacks.probe import DataFreeProbe
 from dfad_lightning.callbacks.samples import SampleGrid
 
-__all__ = ["LastCheckpoint", "SampleGrid"]
+__all__ = ["DataFreeProbe", "LastCheckpoint", "MaskGrid", "SampleGrid"]

@@ -26,7 +26,7 @@ class LastCheckpoint(Checkpoint):
     Args:
         dirpath: Folder of ``last.ckpt``.
         every_n_iterations: Also save every N iterations (Lightning's ``global_step`` counts
-            ``student_steps + 1`` optimizer steps per iteration; this counts iterations);
+            ``student_steps + 1`` optimizer steps per DFAD iteration; this counts iterations);
             ``None``: every epoch only.
     """
 
@@ -41,11 +41,11 @@ class LastCheckpoint(Checkpoint):
     @staticmethod
     def iterations(trainer: Trainer, pl_module: LightningModule) -> int:
         """Iterations completed: optimizer steps over the steps of one iteration."""
-        return trainer.global_step // (int(getattr(pl_module, "student_steps", 0)) + 1)
+        return trainer.global_step // int(getattr(pl_module, "steps_per_iteration", 1))
 
     def save(self, trainer: Trainer) -> None:
         """Write the checkpoint (every process takes part; the main one writes)."""
-        trainer.save_checkpoint(self.path)
+        trainer.save_checkpoint(self.path, weights_only=False)  # the full state: resuming needs it
         self._saved_at_step = trainer.global_step
 
     def on_train_batch_end(

@@ -45,7 +45,9 @@ class DFAD(LightningModule):
     - :meth:`discrepancy`: the student's loss on one batch of outputs;
     - :meth:`generator_loss`: the generator's loss on one batch of outputs;
     - :meth:`synthesize`: how a noise batch becomes inputs;
-    - :meth:`validation_step`: how a real batch updates the evaluation metric.
+    - :meth:`validation_step`: how a real batch updates the evaluation metric;
+    - :meth:`fidelity`: how teacher and student are compared on data-free probes;
+    - :meth:`report`: task-specific results for ``results.json``.
 
     Args:
         teacher: The pretrained network; frozen here.
@@ -75,6 +77,8 @@ class DFAD(LightningModule):
             counted in ``train/skipped_steps`` (one synchronisation per step).
         teacher_fingerprint: What identifies the teacher's weights (file and SHA-256); saved in
             checkpoints, and a checkpoint saved with another teacher is refused on resume.
+        train_generator: Run the generation stage. ``False`` for baselines whose inputs come from
+            elsewhere (real or random data): the student steps alone remain.
     """
 
     teacher_score: Tensor
@@ -101,6 +105,7 @@ class DFAD(LightningModule):
         channels_last: bool = False,
         nonfinite: Literal["stop", "skip"] = "stop",
         teacher_fingerprint: dict[str, str] | None = None,
+        train_generator: bool = True,
     ) -> None:
         super().__init__()
         if student_steps < 1:
@@ -126,6 +131,7 @@ class DFAD(LightningModule):
         self.nonfinite = nonfinite
         # A plain dict (Hydra hands DictConfigs), so checkpoints load with weights_only=True.
         self.teacher_fingerprint = dict(teacher_fingerprint) if teacher_fingerprint else None
+        self.train_generator = train_generator
         # Scores live in buffers so that they travel with checkpoints and across devices.
         self.register_buffer("teacher_score", torch.tensor(float("nan")))
         self.register_buffer("last_score", torch.tensor(float("nan")))
@@ -164,9 +170,35 @@ class DFAD(LightningModule):
         """
         return self._adversarial(self.discrepancy(student_out, teacher_out))
 
+    def fidelity(self, student_out: Tensor, teacher_out: Tensor) -> dict[str, Tensor]:
+        """How closely the student follows the teacher on one batch of data-free probes.
+
+        Called by :class:`~dfad_lightning.callbacks.DataFreeProbe` at the end of every epoch, with
+        both networks in eval mode and no gradients; returns named scalars, averaged over the
+        probe set and logged as ``val_datafree/<name>``. The default: ``agreement``, the fraction
+        of positions (samples, or pixels for dense outputs) where both pick the same class
+        (argmax over dimension 1), and ``mae``, the mean absolute difference of the outputs.
+        """
+        return {
+            "agreement": (student_out.argmax(1) == teacher_out.argmax(1)).float().mean(),
+            "mae": (student_out - teacher_out).abs().mean(),
+        }
+
+    def report(self) -> dict[str, Any]:
+        """Task-specific results, added to ``results.json`` at the end of a run (default: none).
+
+        Called once, after training, on the main process; values must be JSON-serialisable.
+        """
+        return {}
+
     # ----------------------------------------------------------------------------------------
     # The DFAD loop
     # ----------------------------------------------------------------------------------------
+
+    @property
+    def steps_per_iteration(self) -> int:
+        """Optimizer steps per iteration (what Lightning's ``global_step`` counts): k, plus the generator's."""
+        return self.student_steps + int(self.train_generator)
 
     def training_step(self, z: Tensor, batch_idx: int) -> None:
         """One DFAD iteration on the noise ``z`` of shape ``(student_steps + 1, B, nz)``."""
@@ -193,13 +225,16 @@ class DFAD(LightningModule):
         # Gradients flow through T and S into G; toggling freezes the student's weights so that
         # only G changes (and no student gradient is computed). The student stays in train mode,
         # as in the authors' code: its BatchNorm uses, and records, this batch's statistics.
-        with self.toggled_optimizer(opt_g):
-            x = self.synthesize(z[-1])
-            loss_g = self.generator_loss(self.student(x), self.teacher(x))
-            if not self._skip(loss_g):
-                opt_g.zero_grad(set_to_none=True)
-                self.manual_backward(loss_g)
-                opt_g.step()
+        # (Baselines whose inputs do not come from a trained generator skip this stage.)
+        loss_g = torch.zeros((), device=z.device)
+        if self.train_generator:
+            with self.toggled_optimizer(opt_g):
+                x = self.synthesize(z[-1])
+                loss_g = self.generator_loss(self.student(x), self.teacher(x))
+                if not self._skip(loss_g):
+                    opt_g.zero_grad(set_to_none=True)
+                    self.manual_backward(loss_g)
+                    opt_g.step()
 
         if self.nonfinite == "stop":
             self._stop_if_nonfinite(torch.stack(student_losses), loss_g.detach())
@@ -230,7 +265,7 @@ class DFAD(LightningModule):
             which, value = "generator loss", loss_g
         saved = [p for cb in self.trainer.checkpoint_callbacks if (p := getattr(cb, "path", None)) and p.is_file()]
         last = saved[0] if saved else "none written yet"
-        iteration = self.trainer.global_step // (self.student_steps + 1)
+        iteration = self.trainer.global_step // self.steps_per_iteration
         raise NonFiniteLossError(
             f"the {which} is {float(value)} in iteration {iteration} (epoch {self.current_epoch}); "
             f"the weights after it are not trusted and were not saved. Last good checkpoint: {last}. "

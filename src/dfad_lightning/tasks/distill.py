@@ -9,9 +9,10 @@ from typing import Any
 import lightning as L
 import torch
 from lightning import Trainer
+from lightning.pytorch.callbacks import ModelCheckpoint
 from omegaconf import DictConfig, OmegaConf
 
-from dfad_lightning.callbacks import SampleGrid
+from dfad_lightning.callbacks import DataFreeProbe, MaskGrid, SampleGrid
 from dfad_lightning.files import save_atomic, write_json_atomic
 from dfad_lightning.systems import DFAD
 from dfad_lightning.tasks.build import (
@@ -68,16 +69,18 @@ def summarize(
     cfg: DictConfig, system: DFAD, trainer: Trainer, out: Path, teacher_file: Path, wall_time: float
 ) -> dict[str, Any]:
     """The machine-readable result of a distillation run."""
-    teacher, final, best = (round(float(t), 6) for t in (system.teacher_score, system.last_score, system.best_score))
-    samples = next((cb.last_path for cb in trainer.callbacks if isinstance(cb, SampleGrid)), None)  # type: ignore[attr-defined]
-    return {
+    teacher, final, best = (_number(t) for t in (system.teacher_score, system.last_score, system.best_score))
+    samples = next((cb.last_path for cb in trainer.callbacks if isinstance(cb, SampleGrid | MaskGrid)), None)  # type: ignore[attr-defined]
+    results: dict[str, Any] = {
         "task": "distill",
         "dataset": cfg.dataset.name,
         "metric": cfg.dataset.metric_name,
         "teacher": teacher,
         "student": {"final": final, "best": best, "best_epoch": int(system.best_epoch)},
-        "ratio": round(final / teacher, 6) if teacher else float("nan"),
-        "iterations": trainer.global_step // (system.student_steps + 1),
+        "ratio": round(final / teacher, 6) if teacher and final is not None else None,
+        "real_data": teacher is not None,
+        "datafree": datafree_summary(trainer),
+        "iterations": trainer.global_step // system.steps_per_iteration,
         "epochs": trainer.current_epoch,
         "wall_time_s": round(wall_time, 2),
         "seed": cfg.seed,
@@ -86,18 +89,59 @@ def summarize(
         "student_weights": str(out / STUDENT_FILE),
         "samples": str(samples) if samples else None,
         "device": str(system.device) if not torch.cuda.is_available() else torch.cuda.get_device_name(),
-        "objective": final,
+        **system.report(),
+    }
+    # What a sweeper maximises: the real final score, or without real data the data-free signal.
+    signal = (results["datafree"] or {}).get("final", {}).get("agreement")
+    results["objective"] = final if final is not None else signal
+    return results
+
+
+def _number(value: torch.Tensor) -> float | None:
+    """A JSON number, or ``None`` for a score never measured (NaN: no real data)."""
+    return None if bool(torch.isnan(value)) else round(float(value), 6)
+
+
+def datafree_summary(trainer: Trainer) -> dict[str, Any] | None:
+    """The data-free signal at the end, the epoch it selects and that checkpoint (if the callbacks ran)."""
+    probe = next((cb for cb in trainer.callbacks if isinstance(cb, DataFreeProbe)), None)  # type: ignore[attr-defined]
+    if probe is None or not probe.history:
+        return None
+    keep = next((cb for cb in trainer.callbacks if isinstance(cb, ModelCheckpoint)), None)  # type: ignore[attr-defined]
+    selected = probe.selected()
+    return {
+        "final": {k: round(v, 6) for k, v in probe.history[-1].items() if k not in ("epoch", "real") and v is not None},
+        "selected_epoch": selected["epoch"] if selected else None,
+        "selected_real_score": selected["real"] if selected else None,
+        "selected_checkpoint": keep.best_model_path or None if keep is not None else None,
     }
 
 
 def report(results: dict[str, Any]) -> str:
     """The lines printed at the end of a distillation run."""
     name, student = results["metric"], results["student"]
+    datafree = results.get("datafree") or {}
+    signal = datafree.get("final", {})
+    lines = ""
+    if signal:
+        lines = (
+            f"  data-free teacher/student agreement on the run's own probes: {signal['agreement']:.4f}"
+            f" (selects epoch {datafree['selected_epoch']}: {datafree['selected_checkpoint']})\n"
+        )
+    if not results["real_data"]:
+        return (
+            f"\nDFAD on {results['dataset']} ({results['iterations']} iterations, {results['wall_time_s']:.1f} s)\n"
+            "  No real data was used to evaluate: the dataset has no evaluation split, so the student is\n"
+            "  judged only by the data-free signal below, not by a real metric.\n"
+            f"{lines}"
+            f"  outputs: {results['output_dir']}  ({RESULTS}, {STUDENT_FILE}, checkpoints/, probes/, samples/, csv/)"
+        )
     return (
         f"\nDFAD on {results['dataset']} ({results['iterations']} iterations, {results['wall_time_s']:.1f} s)\n"
         f"  teacher {name}:                       {results['teacher']:.4f}\n"
         f"  student {name}, final:                {student['final']:.4f}\n"
         f"  student {name}, best over training:   {student['best']:.4f} (epoch {student['best_epoch']})\n"
         f"  student/teacher (final):            {results['ratio']:.3f}\n"
+        f"{lines}"
         f"  outputs: {results['output_dir']}  ({RESULTS}, {STUDENT_FILE}, checkpoints/, samples/, csv/)"
     )

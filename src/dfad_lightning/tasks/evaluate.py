@@ -9,6 +9,7 @@ from typing import Any
 from omegaconf import DictConfig
 from torch import nn
 
+from dfad_lightning.errors import ConfigError
 from dfad_lightning.files import write_json_atomic
 from dfad_lightning.systems import Supervised
 from dfad_lightning.tasks.build import build_datamodule, build_metric, build_network, build_trainer
@@ -24,6 +25,8 @@ def evaluate(cfg: DictConfig) -> dict[str, Any]:
     distillation.
     """
     start = time.perf_counter()
+    if cfg.dataset.get("test") is None:
+        raise ConfigError("dataset.test", f"dataset={cfg.dataset.name} has no evaluation split to score networks on")
     out = prepare_output_dir(cfg)
     teacher, teacher_file = load_teacher(cfg)
     student_file = cfg.get("student_checkpoint")

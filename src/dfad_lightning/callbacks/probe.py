@@ -1,0 +1,152 @@
+"""A data-free fidelity signal: how closely the student follows the teacher, measured without real data."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any, cast
+
+import torch
+from lightning import Callback, LightningModule, Trainer
+from torch import Tensor
+
+from dfad_lightning.files import save_atomic
+from dfad_lightning.systems import DFAD
+
+
+class DataFreeProbe(Callback):
+    """Compare teacher and student after every epoch on probes the run makes itself.
+
+    A user without data cannot compute ``val/acc``; this callback gives them a signal instead.
+    At the end of every epoch it draws a *snapshot*: ``samples_per_snapshot`` inputs from the
+    current generator (fixed noise, the generator in train mode as in training, its BatchNorm
+    statistics left untouched), written to ``dirpath/snapshot_NNN.pt``. The probe set is every
+    snapshot so far: old samples stay in it, so it does not drift with the current generator, and
+    a student that forgets what it learnt early is caught. Teacher and student (in eval mode)
+    are compared on it with the module's :meth:`~dfad_lightning.systems.DFAD.fidelity` hook, and
+    the results logged as ``val_datafree/<name>`` (probe set), ``val_datafree/latest_<name>`` (the
+    newest snapshot only) and ``val_datafree/noise_<name>`` (standard normal inputs, a
+    data-independent probe). ``val_datafree/agreement`` can be the ``monitor`` of a
+    ``ModelCheckpoint`` or ``EarlyStopping`` (run this callback before them).
+
+    Snapshots are read back on resume. Over ``max_snapshots``, every other one is dropped, so
+    the set keeps a spread over the whole run at a bounded size.
+
+    Args:
+        dirpath: Folder of the snapshots.
+        nz: Latent size of the generator.
+        samples_per_snapshot: Inputs drawn at each epoch's end.
+        max_snapshots: Most snapshots kept.
+        batch_size: Batch size of the comparison.
+        seed: Seed of the snapshots' noise (snapshot ``e`` uses ``seed + e``) and of the noise probes.
+    """
+
+    def __init__(
+        self,
+        dirpath: str | Path,
+        nz: int,
+        samples_per_snapshot: int = 64,
+        max_snapshots: int = 64,
+        batch_size: int = 256,
+        seed: int = 12345,
+    ) -> None:
+        if samples_per_snapshot < 1 or max_snapshots < 2:
+            raise ValueError("samples_per_snapshot must be at least 1 and max_snapshots at least 2")
+        self.dirpath = Path(dirpath)
+        self.nz = nz
+        self.samples_per_snapshot = samples_per_snapshot
+        self.max_snapshots = max_snapshots
+        self.batch_size = batch_size
+        self.seed = seed
+        self.snapshots: dict[int, Tensor] = {}
+        self.history: list[dict[str, Any]] = []  # one entry per epoch: its data-free values
+
+    def path(self, epoch: int) -> Path:
+        """The file of the snapshot of ``epoch``."""
+        return self.dirpath / f"snapshot_{epoch:03d}.pt"
+
+    def on_fit_start(self, trainer: Trainer, pl_module: LightningModule) -> None:
+        """Read back the snapshots of the epochs a resumed run has already done."""
+        for file in sorted(self.dirpath.glob("snapshot_*.pt")):
+            epoch = int(file.stem.split("_")[1])
+            if epoch < trainer.current_epoch:
+                self.snapshots[epoch] = torch.load(file, weights_only=True)
+
+    @torch.no_grad()
+    def snapshot(self, pl_module: LightningModule, epoch: int) -> Tensor:
+        """Samples of the current generator, in train mode, without changing its BatchNorm statistics."""
+        system = cast(DFAD, pl_module)
+        generator = system.generator
+        buffers = {name: b.clone() for name, b in generator.named_buffers()}
+        seeded = torch.Generator().manual_seed(self.seed + epoch)
+        noise = torch.randn(self.samples_per_snapshot, self.nz, generator=seeded).to(pl_module.device)
+        mode = generator.training
+        generator.train()
+        try:
+            samples = system.synthesize(noise).detach().cpu()
+        finally:
+            generator.train(mode)
+            for name, b in generator.named_buffers():
+                b.copy_(buffers[name])
+        return samples
+
+    @torch.no_grad()
+    def compare(self, pl_module: LightningModule, inputs: Tensor) -> dict[str, float]:
+        """The module's fidelity values on ``inputs``, averaged over batches (weighted by size)."""
+        totals: dict[str, float] = {}
+        system = cast(DFAD, pl_module)
+        student, teacher = system.student, system.teacher
+        mode = student.training
+        student.eval()
+        try:
+            for batch in torch.split(inputs, self.batch_size):
+                x = batch.to(system.device)
+                values = system.fidelity(student(x), teacher(x))
+                for name, value in values.items():
+                    totals[name] = totals.get(name, 0.0) + float(value) * len(batch)
+        finally:
+            student.train(mode)
+        return {name: total / len(inputs) for name, total in totals.items()}
+
+    def on_train_epoch_end(self, trainer: Trainer, pl_module: LightningModule) -> None:
+        """Draw this epoch's snapshot, compare on the probe sets, log the values."""
+        epoch = trainer.current_epoch
+        latest = self.snapshot(pl_module, epoch)
+        self.snapshots[epoch] = latest
+        if len(self.snapshots) > self.max_snapshots:
+            self._thin(trainer)
+        if trainer.is_global_zero:
+            self.dirpath.mkdir(parents=True, exist_ok=True)
+            save_atomic(latest, self.path(epoch))
+        noise = torch.randn(len(latest), *latest.shape[1:], generator=torch.Generator().manual_seed(self.seed))
+        values = {
+            **self.compare(pl_module, torch.cat(list(self.snapshots.values()))),
+            **{f"latest_{k}": v for k, v in self.compare(pl_module, latest).items()},
+            **{f"noise_{k}": v for k, v in self.compare(pl_module, noise).items()},
+        }
+        pl_module.log_dict({f"val_datafree/{k}": v for k, v in values.items()})
+        # The real score of this epoch, where the run has real data (to measure the signal).
+        real = trainer.callback_metrics.get(f"val/{getattr(pl_module, 'metric_name', '')}")
+        self.history.append({"epoch": epoch, **values, "real": None if real is None else float(real)})
+
+    def selected(self, key: str = "agreement") -> dict[str, Any] | None:
+        """The epoch with the highest ``key`` (the first of ties), as ``ModelCheckpoint`` keeps it."""
+        if not self.history:
+            return None
+        best = max(self.history, key=lambda h: (h[key], -h["epoch"]))
+        return dict(best)
+
+    def _thin(self, trainer: Trainer) -> None:
+        """Drop every other snapshot (the newest is always kept)."""
+        epochs = sorted(self.snapshots)
+        for epoch in epochs[-2::-2]:
+            del self.snapshots[epoch]
+            if trainer.is_global_zero:
+                self.path(epoch).unlink(missing_ok=True)
+
+    def state_dict(self) -> dict[str, Any]:
+        """The history travels in checkpoints (the snapshots are on disk)."""
+        return {"history": self.history}
+
+    def load_state_dict(self, state_dict: dict[str, Any]) -> None:
+        """Restore the history of a resumed run."""
+        self.history = list(state_dict.get("history", []))

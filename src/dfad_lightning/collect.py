@@ -1,0 +1,264 @@
+"""Tables and figures from any set of finished runs: ``python -m dfad_lightning.collect DIR... --out REPORT``.
+
+Every directory given is searched for finished runs (a ``results.json`` beside ``.hydra/``), so a
+sweep's directory, several sweeps, or single runs all work. Runs whose command-line overrides are
+the same but for ``seed`` form one *setting*; the table gives, per setting, the number of seeds,
+mean +- std of the teacher's score, of the student's *final* score (our headline) and of its
+*best* score over training (what the paper reports: selected on the test set), the final
+student/teacher ratio, and the wall time. Figures (PNG, with the ``figures`` extra):
+
+- ``curves.png``: the student's metric against iterations, one curve per setting (mean over
+  seeds), e.g. one per loss as the paper's Fig. 4;
+- ``final_vs_<key>.png`` (with ``--x KEY``): the final metric against a numeric override such as
+  ``data.batch_size`` (the paper's Fig. 7), one line per value of the other overrides;
+- ``samples.png``: the last picture of generated samples beside real images of each setting
+  (the paper's Fig. 3).
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import json
+import statistics
+from collections import defaultdict
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from omegaconf import OmegaConf
+
+NO_SETTING = "(defaults)"
+
+
+@dataclass
+class Run:
+    """One finished run: its directory, overrides (seed aside), results and evaluation curve."""
+
+    path: Path
+    overrides: dict[str, str]
+    results: dict[str, Any]
+    curve: list[tuple[int, float]] = field(default_factory=list)
+
+    @property
+    def setting(self) -> str:
+        """The overrides that define the run's setting (all but the seed), as one label."""
+        return " ".join(f"{k}={v}" for k, v in sorted(self.overrides.items())) or NO_SETTING
+
+
+def find_runs(roots: Iterable[Path]) -> list[Run]:
+    """Every finished distillation run under ``roots`` (a ``results.json`` with ``task: distill``)."""
+    runs = []
+    for root in roots:
+        for results_file in sorted(Path(root).rglob("results.json")):
+            results = json.loads(results_file.read_text())
+            if results.get("task") != "distill":
+                continue
+            runs.append(Run(results_file.parent, read_overrides(results_file.parent), results))
+    for run in runs:
+        run.curve = read_curve(run)
+    return runs
+
+
+def read_overrides(run_dir: Path) -> dict[str, str]:
+    """The run's command-line overrides but ``seed`` and the ones that only place its outputs."""
+    file = run_dir / ".hydra" / "overrides.yaml"
+    if not file.exists():
+        return {}
+    pairs = (str(o).split("=", 1) for o in OmegaConf.to_container(OmegaConf.load(file)))  # type: ignore[union-attr]
+    ignored = ("seed", "hydra.", "paths.", "trainer.enable_progress_bar")
+    return {k.lstrip("+~"): v for k, v in pairs if not k.lstrip("+~").startswith(ignored)}
+
+
+def read_curve(run: Run) -> list[tuple[int, float]]:
+    """``(iterations, student metric)`` at every evaluation, from the run's CSV log."""
+    name = f"val/{run.results['metric']}"
+    epochs = max(int(run.results.get("epochs") or 1), 1)
+    per_epoch = int(run.results["iterations"]) // epochs
+    points: dict[int, float] = {}
+    for log in sorted((run.path / "csv").glob("version_*/metrics.csv")):
+        with open(log) as f:
+            for row in csv.DictReader(f):
+                if row.get(name):
+                    points[int(row["epoch"])] = float(row[name])
+    return [((epoch + 1) * per_epoch, value) for epoch, value in sorted(points.items())]
+
+
+def mean_std(values: Sequence[float | None]) -> tuple[float, float] | None:
+    """Mean and sample standard deviation (0 for one value); ``None`` without values."""
+    present = [v for v in values if v is not None]
+    if not present:
+        return None
+    return statistics.fmean(present), statistics.stdev(present) if len(present) > 1 else 0.0
+
+
+def table(runs: Sequence[Run]) -> list[dict[str, Any]]:
+    """One row per setting: seeds and mean +- std of teacher, final, best, ratio, wall time."""
+    groups: dict[str, list[Run]] = defaultdict(list)
+    for run in runs:
+        groups[run.setting].append(run)
+    rows = []
+    for setting, group in sorted(groups.items()):
+        res = [r.results for r in group]
+        rows.append(
+            {
+                "setting": setting,
+                "dataset": res[0]["dataset"],
+                "metric": res[0]["metric"],
+                "seeds": len(group),
+                "teacher": mean_std([r["teacher"] for r in res]),
+                "student_final": mean_std([r["student"]["final"] for r in res]),
+                "student_best_over_training": mean_std([r["student"]["best"] for r in res]),
+                "ratio_final": mean_std([r["ratio"] for r in res]),
+                "wall_time_s": mean_std([r["wall_time_s"] for r in res]),
+            }
+        )
+    return rows
+
+
+def _cell(value: Any, digits: int = 4) -> str:
+    if isinstance(value, tuple):
+        mean, std = value
+        return f"{mean:.{digits}f} +- {std:.{digits}f}"
+    return "" if value is None else str(value)
+
+
+def write_table(rows: Sequence[dict[str, Any]], out: Path) -> None:
+    """``results.csv`` (mean and std in separate columns) and ``results.md``."""
+    out.mkdir(parents=True, exist_ok=True)
+    stats = ["teacher", "student_final", "student_best_over_training", "ratio_final", "wall_time_s"]
+    with open(out / "results.csv", "w", newline="") as f:
+        writer = csv.writer(f)
+        writer.writerow(
+            ["setting", "dataset", "metric", "seeds", *(f"{s}_{m}" for s in stats for m in ("mean", "std"))]
+        )
+        for row in rows:
+            numbers = [x for s in stats for x in (row[s] or (None, None))]
+            writer.writerow([row["setting"], row["dataset"], row["metric"], row["seeds"], *numbers])
+    header = ["setting", "seeds", "teacher", "student, final", "student, best over training (paper's)",
+              "student/teacher, final", "wall time (s)"]  # fmt: skip
+    lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+    for row in rows:
+        cells = [row["setting"], row["seeds"], *(_cell(row[s]) for s in stats[:3]), _cell(row["ratio_final"], 3),
+                 _cell(row["wall_time_s"], 1)]  # fmt: skip
+        lines.append("| " + " | ".join(str(c) for c in cells) + " |")
+    (out / "results.md").write_text("\n".join(lines) + "\n")
+
+
+def plot_curves(runs: Sequence[Run], out: Path) -> Path:
+    """The student's metric against iterations, mean over seeds, one curve per setting."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    groups: dict[str, dict[int, list[float]]] = defaultdict(lambda: defaultdict(list))
+    for run in runs:
+        for iteration, value in run.curve:
+            groups[run.setting][iteration].append(value)
+    fig, ax = plt.subplots(figsize=(7, 4.5))
+    for setting, points in sorted(groups.items()):
+        xs = sorted(points)
+        ax.plot(xs, [statistics.fmean(points[x]) for x in xs], marker="o", markersize=3, label=setting)
+    metric = runs[0].results["metric"]
+    ax.set(xlabel="iterations", ylabel=f"student {metric} (test split)", title=f"{runs[0].results['dataset']}")
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=8)
+    path = out / "curves.png"
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+    return path
+
+
+def plot_final_vs(runs: Sequence[Run], key: str, out: Path) -> Path:
+    """The final metric (mean +- std over seeds) against a numeric override, one line per other setting."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    lines: dict[str, dict[float, list[float]]] = defaultdict(lambda: defaultdict(list))
+    for run in runs:
+        if key not in run.overrides or run.results["student"]["final"] is None:
+            continue
+        rest = " ".join(f"{k}={v}" for k, v in sorted(run.overrides.items()) if k != key) or NO_SETTING
+        lines[rest][float(run.overrides[key])].append(run.results["student"]["final"])
+    fig, ax = plt.subplots(figsize=(6, 4.5))
+    for label, points in sorted(lines.items()):
+        xs = sorted(points)
+        stats = [mean_std(points[x]) or (0.0, 0.0) for x in xs]
+        ax.errorbar(xs, [m for m, _ in stats], yerr=[s for _, s in stats], marker="o", capsize=3, label=label)
+    ax.set(xlabel=key, ylabel=f"final student {runs[0].results['metric']}", title=f"{runs[0].results['dataset']}")
+    ax.grid(alpha=0.3)
+    if len(lines) > 1 or NO_SETTING not in lines:
+        ax.legend(fontsize=8)
+    path = out / f"final_vs_{key.replace('.', '_')}.png"
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+    return path
+
+
+def plot_samples(runs: Sequence[Run], out: Path) -> Path | None:
+    """The last sample picture of one run per setting, stacked with the setting as its title."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.image as mpimg
+    import matplotlib.pyplot as plt
+
+    pictures = {}
+    for run in runs:
+        found = sorted((run.path / "samples").glob("*.png"))
+        if found and run.setting not in pictures:
+            pictures[run.setting] = found[-1]
+    if not pictures:
+        return None
+    fig, axes = plt.subplots(len(pictures), 1, figsize=(8, 2.2 * len(pictures)), squeeze=False)
+    for ax, (setting, picture) in zip(axes[:, 0], sorted(pictures.items()), strict=True):
+        ax.imshow(mpimg.imread(picture))
+        ax.set_title(f"{setting}: generated (left), real (right)", fontsize=9)
+        ax.axis("off")
+    path = out / "samples.png"
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+    return path
+
+
+def collect(roots: Sequence[Path], out: Path, x: str | None = None, figures: bool = True) -> list[dict[str, Any]]:
+    """Write the table (and figures) of the runs under ``roots`` into ``out``; return the table rows.
+
+    Raises:
+        SystemExit: No finished run was found.
+    """
+    runs = find_runs(roots)
+    if not runs:
+        raise SystemExit(f"no finished distillation run (results.json) under {', '.join(map(str, roots))}")
+    rows = table(runs)
+    write_table(rows, out)
+    if figures:
+        plot_curves(runs, out)
+        plot_samples(runs, out)
+        if x is not None:
+            plot_final_vs(runs, x, out)
+    return rows
+
+
+def main(argv: Sequence[str] | None = None) -> None:
+    """The command line: ``python -m dfad_lightning.collect DIR... --out REPORT [--x KEY]``."""
+    parser = argparse.ArgumentParser(prog="python -m dfad_lightning.collect", description=__doc__.split("\n")[0])
+    parser.add_argument("dirs", nargs="+", type=Path, help="run or sweep directories")
+    parser.add_argument("--out", type=Path, default=Path("report"), help="where the table and figures go")
+    parser.add_argument("--x", help="a numeric override to plot the final metric against (e.g. data.batch_size)")
+    parser.add_argument("--no-figures", action="store_true", help="only the table")
+    args = parser.parse_args(argv)
+    collect(args.dirs, args.out, args.x, figures=not args.no_figures)
+    print((args.out / "results.md").read_text(), end="")
+    print(f"written to {args.out}/")
+
+
+if __name__ == "__main__":
+    main()

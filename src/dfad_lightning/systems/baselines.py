@@ -1,0 +1,90 @@
+"""The paper's baselines (Tables 2 and 3) as small variations of the DFAD loop, not copies of it.
+
+- :class:`DirectKD`: the student learns the teacher's outputs on given inputs, real images
+  (KD-ORI on the original training data, KD-REL / KD-UNR on other data, with
+  :class:`~dfad_lightning.data.TransferDataModule`) or random noise images (RANDOM); no generator.
+- :class:`DAFL` (Chen et al. 2019): the generator is trained against the fixed teacher alone,
+  with the one-hot, activation and information-entropy losses; the student learns on its samples.
+
+All keep the base loop (``DFAD.training_step``): the *k* student steps are the same; what differs
+is where inputs come from (:meth:`synthesize`) and what the generator learns (:meth:`generator_loss`).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from dfad_lightning.systems.dfad import DFAD
+
+
+class DirectKD(DFAD):
+    """Distillation on inputs that no generator makes: real transfer data, or noise images.
+
+    Args:
+        *args: As :class:`DFAD`.
+        inputs: ``"data"``: training batches are already images (from a
+            :class:`~dfad_lightning.data.TransferDataModule`); ``"noise"``: standard normal images
+            of ``image_shape`` (in the teacher's normalised input space), the RANDOM baseline.
+        image_shape: ``(channels, height, width)`` of the noise images.
+        **kwargs: As :class:`DFAD` (``train_generator`` is always off).
+    """
+
+    def __init__(self, *args: Any, inputs: str = "data", image_shape: Sequence[int] = (), **kwargs: Any) -> None:
+        super().__init__(*args, **{**kwargs, "train_generator": False})
+        if inputs not in ("data", "noise") or (inputs == "noise" and len(image_shape) != 3):
+            raise ValueError("inputs must be 'data', or 'noise' with a (channels, height, width) image_shape")
+        self.inputs = inputs
+        self.image_shape = tuple(int(s) for s in image_shape)
+
+    def synthesize(self, z: Tensor) -> Tensor:
+        """The batch itself (real images), or fresh noise images of the batch's size."""
+        if self.inputs == "data":
+            return z
+        return torch.randn(len(z), *self.image_shape, device=z.device)
+
+
+class DAFL(DFAD):
+    """Data-Free Learning of student networks (Chen et al. 2019), in the DFAD loop.
+
+    The generator minimises ``one_hot * CE(T(x), argmax T(x)) - activation * mean|f_T(x)|
+    + entropy * sum(p log p)`` of the mean teacher prediction ``p`` over the batch (the
+    information-entropy loss: it wants balanced classes), where ``f_T`` are the teacher's
+    features before its last linear layer. The student is never part of the generator's loss.
+
+    Args:
+        *args: As :class:`DFAD`.
+        one_hot: Weight of the one-hot loss (DAFL: 1).
+        activation: Weight of the activation loss (DAFL: 0.1).
+        entropy: Weight of the information-entropy loss (DAFL: 5).
+        **kwargs: As :class:`DFAD`.
+    """
+
+    def __init__(
+        self, *args: Any, one_hot: float = 1.0, activation: float = 0.1, entropy: float = 5.0, **kwargs: Any
+    ) -> None:
+        super().__init__(*args, **kwargs)
+        self.weights = (one_hot, activation, entropy)
+        last_linear = [m for m in self.teacher.modules() if isinstance(m, nn.Linear)]
+        if not last_linear:
+            raise ValueError("DAFL needs a teacher whose last layer is an nn.Linear (its features feed the loss)")
+        self._features: Tensor | None = None
+        last_linear[-1].register_forward_hook(self._keep_features)
+
+    def _keep_features(self, module: nn.Module, inputs: tuple[Tensor, ...], output: Tensor) -> None:
+        self._features = inputs[0]
+
+    def generator_loss(self, student_out: Tensor, teacher_out: Tensor) -> Tensor:
+        """DAFL's generator loss on the teacher's outputs and features (the student is not used)."""
+        assert self._features is not None
+        one_hot, activation, entropy = self.weights
+        mean_p = teacher_out.softmax(1).mean(0)
+        return (
+            one_hot * F.cross_entropy(teacher_out, teacher_out.argmax(1))
+            - activation * self._features.abs().mean()
+            + entropy * (mean_p * mean_p.clamp_min(1e-12).log()).sum()
+        )

@@ -1,0 +1,89 @@
+"""The data-free fidelity signal: logged in every run, harmless to training, and enough for a run with no data."""
+
+from __future__ import annotations
+
+import json
+
+import lightning as L
+import pytest
+import torch
+from test_dfad import make_datamodule, make_system
+
+from dfad_lightning.callbacks import DataFreeProbe
+from dfad_lightning.errors import ConfigError
+from dfad_lightning.networks import LeNet5
+from dfad_lightning.tasks import run
+
+
+def fit(tmp_path, callbacks, epochs=3):
+    system = make_system()
+    trainer = L.Trainer(
+        max_epochs=epochs,
+        logger=False,
+        enable_checkpointing=False,
+        enable_progress_bar=False,
+        num_sanity_val_steps=0,
+        callbacks=callbacks,
+    )
+    trainer.fit(system, datamodule=make_datamodule())
+    return system, trainer
+
+
+def test_the_probe_logs_every_epoch_and_leaves_training_unchanged(tmp_path):
+    probe = DataFreeProbe(tmp_path / "probes", nz=16, samples_per_snapshot=8, max_snapshots=2)
+    probed, trainer = fit(tmp_path, [probe])
+    plain, _ = fit(tmp_path, [])
+    for a, b in zip(probed.state_dict().values(), plain.state_dict().values(), strict=True):
+        assert torch.equal(a, b)  # snapshots and comparisons change no weight, statistic or random stream
+    names = {"agreement", "mae", "latest_agreement", "latest_mae", "noise_agreement", "noise_mae"}
+    assert {f"val_datafree/{n}" for n in names} <= set(trainer.callback_metrics)
+    assert [h["epoch"] for h in probe.history] == [0, 1, 2]
+    assert all(0.0 <= h["agreement"] <= 1.0 and h["real"] is not None for h in probe.history)
+    # Over max_snapshots, every other one is dropped, the newest kept: of epochs 0, 1, 2, epoch 1 goes.
+    assert sorted(probe.snapshots) == [0, 2] and sorted(p.name for p in (tmp_path / "probes").iterdir()) == [
+        "snapshot_000.pt",
+        "snapshot_002.pt",
+    ]
+    assert probe.snapshots[2].shape == (8, 1, 32, 32)
+
+
+def test_the_probe_set_is_fixed_noise_through_each_epochs_generator(tmp_path):
+    probe = DataFreeProbe(tmp_path, nz=16, samples_per_snapshot=4)
+    system = make_system()
+    first, again = probe.snapshot(system, 0), probe.snapshot(system, 0)
+    assert torch.equal(first, again) and not torch.equal(first, probe.snapshot(system, 1))
+
+
+def test_every_run_reports_the_signal_and_keeps_the_checkpoint_it_selects(make_cfg, tmp_path):
+    results = run(make_cfg())
+    datafree = results["datafree"]
+    assert 0.0 <= datafree["final"]["agreement"] <= 1.0 and datafree["selected_epoch"] in (0, 1)
+    assert datafree["selected_real_score"] is not None
+    assert datafree["selected_checkpoint"].endswith("datafree-best.ckpt")
+    saved = torch.load(datafree["selected_checkpoint"], weights_only=True)
+    assert saved["epoch"] == datafree["selected_epoch"] and not any(
+        k.startswith("teacher.") for k in saved["state_dict"]
+    )
+
+
+@pytest.fixture
+def teacher_file(tmp_path):
+    torch.manual_seed(0)
+    path = tmp_path / "teacher.pt"
+    torch.save(LeNet5(1, 10).state_dict(), path)
+    return path
+
+
+def test_a_run_with_no_real_data_at_all(make_cfg, teacher_file, tmp_path, capsys):
+    results = run(make_cfg("dataset=no_data", f"teacher.checkpoint={teacher_file}"))
+    assert results["real_data"] is False and results["teacher"] is None and results["student"]["final"] is None
+    assert results["objective"] == results["datafree"]["final"]["agreement"]
+    assert (tmp_path / "run" / "checkpoints" / "datafree-best.ckpt").is_file()
+    assert json.loads((tmp_path / "run" / "results.json").read_text())["real_data"] is False
+    assert "No real data was used to evaluate" in capsys.readouterr().out
+
+
+@pytest.mark.parametrize(("task", "key"), [("teacher", "dataset.train"), ("eval", "dataset.test")])
+def test_without_data_no_teacher_can_be_trained_or_scored(make_cfg, teacher_file, task, key):
+    with pytest.raises(ConfigError, match=rf"^{key}: dataset=no_data has no"):
+        run(make_cfg("dataset=no_data", f"task={task}", f"teacher.checkpoint={teacher_file}"))

@@ -25,8 +25,9 @@ class DataFreeProbe(Callback):
     are compared on it with the module's :meth:`~dfad_lightning.systems.DFAD.fidelity` hook, and
     the results logged as ``val_datafree/<name>`` (probe set), ``val_datafree/latest_<name>`` (the
     newest snapshot only) and ``val_datafree/noise_<name>`` (standard normal inputs, a
-    data-independent probe). ``val_datafree/agreement`` can be the ``monitor`` of a
-    ``ModelCheckpoint`` or ``EarlyStopping`` (run this callback before them).
+    data-independent probe). Any of them can be the ``monitor`` of a ``ModelCheckpoint`` or
+    ``EarlyStopping`` (run this callback before them); the default config keeps the student with
+    the lowest ``val_datafree/latest_mae``.
 
     Snapshots are read back on resume. Over ``max_snapshots``, every other one is dropped, so
     the set keeps a spread over the whole run at a bounded size.
@@ -38,6 +39,10 @@ class DataFreeProbe(Callback):
         max_snapshots: Most snapshots kept.
         batch_size: Batch size of the comparison.
         seed: Seed of the snapshots' noise (snapshot ``e`` uses ``seed + e``) and of the noise probes.
+        monitor: The value (without ``val_datafree/``) that selects a checkpoint in :meth:`selected`;
+            keep it equal to the ``ModelCheckpoint``'s. ``latest_mae`` selected the best students in
+            ``benchmarks/datafree_signal.py`` (README).
+        mode: ``"min"`` or ``"max"``: which end of ``monitor`` is better.
     """
 
     def __init__(
@@ -48,6 +53,8 @@ class DataFreeProbe(Callback):
         max_snapshots: int = 64,
         batch_size: int = 256,
         seed: int = 12345,
+        monitor: str = "latest_mae",
+        mode: str = "min",
     ) -> None:
         if samples_per_snapshot < 1 or max_snapshots < 2:
             raise ValueError("samples_per_snapshot must be at least 1 and max_snapshots at least 2")
@@ -57,6 +64,7 @@ class DataFreeProbe(Callback):
         self.max_snapshots = max_snapshots
         self.batch_size = batch_size
         self.seed = seed
+        self.monitor, self.mode = monitor, mode
         self.snapshots: dict[int, Tensor] = {}
         self.history: list[dict[str, Any]] = []  # one entry per epoch: its data-free values
 
@@ -128,12 +136,12 @@ class DataFreeProbe(Callback):
         real = trainer.callback_metrics.get(f"val/{getattr(pl_module, 'metric_name', '')}")
         self.history.append({"epoch": epoch, **values, "real": None if real is None else float(real)})
 
-    def selected(self, key: str = "agreement") -> dict[str, Any] | None:
-        """The epoch with the highest ``key`` (the first of ties), as ``ModelCheckpoint`` keeps it."""
+    def selected(self) -> dict[str, Any] | None:
+        """The epoch that ``monitor`` selects (the first of ties), as the ``ModelCheckpoint`` keeps it."""
         if not self.history:
             return None
-        best = max(self.history, key=lambda h: (h[key], -h["epoch"]))
-        return dict(best)
+        sign = -1.0 if self.mode == "min" else 1.0
+        return dict(max(self.history, key=lambda h: (sign * h[self.monitor], -h["epoch"])))
 
     def _thin(self, trainer: Trainer) -> None:
         """Drop every other snapshot (the newest is always kept)."""

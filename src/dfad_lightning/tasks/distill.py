@@ -125,8 +125,8 @@ def report(results: dict[str, Any]) -> str:
     lines = ""
     if signal:
         lines = (
-            f"  data-free teacher/student agreement on the run's own probes: {signal['agreement']:.4f}"
-            f" (selects epoch {datafree['selected_epoch']}: {datafree['selected_checkpoint']})\n"
+            f"  data-free teacher/student agreement on the run's own probes: {signal['agreement']:.4f}\n"
+            f"  data-free selection: epoch {datafree['selected_epoch']}, {datafree['selected_checkpoint']}\n"
         )
     if not results["real_data"]:
         return (

@@ -4,25 +4,26 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Any, cast
+from typing import cast
 
 import torch
-from lightning import Callback, LightningModule, Trainer
+from lightning import LightningModule, Trainer
 from torch import Tensor
 from torchvision.utils import make_grid, save_image
 
-from dfad_lightning.callbacks.samples import denormalize, log_picture
+from dfad_lightning.callbacks.samples import SampleGrid, denormalize, log_picture
 from dfad_lightning.data.segmentation import colorize
 from dfad_lightning.systems import DFAD
 
 
-class MaskGrid(Callback):
+class MaskGrid(SampleGrid):
     """After every evaluation, save two pictures of what teacher and student see (the paper's Fig. 10).
 
     ``samples_epoch_NNN.png``: generated samples from fixed noise (first row), the teacher's
     predicted masks (second) and the student's (third). ``real_epoch_NNN.png``: the first real
     evaluation images, their ground truth, the teacher's and the student's predictions. Masks are
     drawn in the dataset's palette, void in black. Both are also sent to image-taking loggers.
+    The fixed noise and the kept real batch are :class:`SampleGrid`'s.
 
     Args:
         dirpath: Folder of the pictures.
@@ -46,27 +47,9 @@ class MaskGrid(Callback):
         num_real: int = 4,
         seed: int = 0,
     ) -> None:
-        self.dirpath = Path(dirpath)
-        self.mean, self.std = list(mean), list(std)
+        super().__init__(dirpath, mean, std, nz, num_images, seed)
         self.palette = [tuple(int(c) for c in rgb) for rgb in palette]
-        self.noise = torch.randn(num_images, nz, generator=torch.Generator().manual_seed(seed))
         self.num_real = num_real
-        self.real: tuple[Tensor, Tensor] | None = None
-        self.last_path: Path | None = None
-
-    def on_validation_batch_end(
-        self,
-        trainer: Trainer,
-        pl_module: LightningModule,
-        outputs: Any,
-        batch: Any,
-        batch_idx: int,
-        dataloader_idx: int = 0,
-    ) -> None:
-        """Keep the first real images and masks of the evaluation split."""
-        if batch_idx == 0 and self.real is None:
-            x, y = batch
-            self.real = (x[: self.num_real].detach().float().cpu(), y[: self.num_real].detach().cpu())
 
     def rows(self, pl_module: LightningModule, x: Tensor, *masks: Tensor) -> Tensor:
         """One picture: the images, then each mask set, then the teacher's and the student's predictions."""

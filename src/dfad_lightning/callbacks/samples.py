@@ -74,7 +74,8 @@ class SampleGrid(Callback):
         self.dirpath = Path(dirpath)
         self.mean, self.std = list(mean), list(std)
         self.noise = torch.randn(num_images, nz, generator=torch.Generator().manual_seed(seed))
-        self.real: Tensor | None = None
+        self.num_real = num_images
+        self.real: tuple[Tensor, Tensor] | None = None  # the first real images and their targets
         self.last_path: Path | None = None
 
     def on_validation_batch_end(
@@ -86,9 +87,10 @@ class SampleGrid(Callback):
         batch_idx: int,
         dataloader_idx: int = 0,
     ) -> None:
-        """Keep the first real images of the evaluation split."""
+        """Keep the first real images (and their targets) of the evaluation split."""
         if batch_idx == 0 and self.real is None:
-            self.real = batch[0][: len(self.noise)].detach().float().cpu()
+            x, y = batch
+            self.real = (x[: self.num_real].detach().float().cpu(), y[: self.num_real].detach().cpu())
 
     def on_validation_epoch_end(self, trainer: Trainer, pl_module: LightningModule) -> None:
         """Save this epoch's picture (on the main process only)."""
@@ -100,7 +102,7 @@ class SampleGrid(Callback):
         if self.real is None:  # a run without real data shows its samples alone
             picture = make_grid(fake, nrow=8, padding=2, pad_value=1.0)
         else:
-            picture = side_by_side(fake, denormalize(self.real, self.mean, self.std))
+            picture = side_by_side(fake, denormalize(self.real[0], self.mean, self.std))
         self.dirpath.mkdir(parents=True, exist_ok=True)
         self.last_path = self.dirpath / f"epoch_{trainer.current_epoch:03d}.png"
         save_image(picture, self.last_path)

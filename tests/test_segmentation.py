@@ -248,3 +248,13 @@ def test_real_camvid_whole_path_on_the_cpu(make_cfg, tmp_path):
     results = run(make_cfg(*common, "model=deeplab_mbv2", f"teacher.checkpoint={teacher['checkpoint']}"))
     assert len(results["per_class_iou"]) == 11 and 0.0 < results["teacher"] < 1.0
     assert (tmp_path / "run" / "samples" / "real_epoch_000.png").is_file()
+
+
+def test_a_crop_larger_than_the_images_or_an_empty_folder_names_the_key(tmp_path):
+    root = fake_camvid(tmp_path / "camvid")
+    with pytest.raises(ConfigError, match=r"^dataset\.crop: a 64x64 crop does not fit images of 20x30"):
+        camvid(root, "train", short_side=20, crop=64)[0]
+    for file in (root / "val").iterdir():
+        file.unlink()
+    with pytest.raises(ConfigError, match=r"^dataset\.root: .*val holds no images"):
+        camvid(root, "val")

@@ -8,9 +8,11 @@ import lightning as L
 import pytest
 import torch
 from conftest import SHARED_DATA
+from hydra.utils import instantiate
 from test_dfad import K, make_datamodule, make_system, same, snapshot
 
-from dfad_lightning.data import Digits, TransferDataModule
+from dfad_lightning.data import Conformed, Digits, TransferDataModule
+from dfad_lightning.errors import ConfigError
 from dfad_lightning.systems import DAFL, DFAD, DirectKD
 from dfad_lightning.tasks import run
 
@@ -68,3 +70,35 @@ def test_every_method_runs_from_config(make_cfg, method):
 def test_kd_on_other_data_reads_any_image_folder(make_cfg):
     results = run(make_cfg("method=kd_other", f"method.transfer_root={SHARED_DATA / 'cifar10' / 'test'}"))
     assert 0.0 <= results["student"]["final"] <= 1.0
+
+
+def test_kd_on_other_data_takes_a_dataset_from_the_transfer_group(make_cfg):
+    results = run(make_cfg("method=kd_other", "transfer=digits"))
+    assert 0.0 <= results["student"]["final"] <= 1.0 and results["iterations"] == 6
+
+
+@pytest.mark.shared_data
+def test_mnist_as_transfer_data_for_an_rgb_teacher_becomes_rgb(make_cfg):
+    cfg = make_cfg(
+        "method=kd_other",
+        "transfer=mnist",
+        "dataset=cifar10",
+        f"paths.data_dir={SHARED_DATA}",
+        "data.eval_dataset=null",
+    )
+    data = instantiate(cfg.data)
+    data.setup("fit")
+    assert next(iter(data.train_dataloader())).shape[2:] == (3, 32, 32)
+    image, _ = data.train_dataset.dataset[0]  # before normalisation (per channel, so it differs)
+    assert torch.equal(image[0], image[1]) and torch.equal(image[1], image[2])
+
+
+def test_conformed_converts_channels_and_size():
+    grey, rgb = torch.rand(1, 8, 8), torch.rand(3, 8, 8)
+    as_rgb, _ = Conformed([(grey, 0)], (3, 16, 16), key="transfer")[0]
+    as_grey, _ = Conformed([(rgb, 0)], (1, 8, 8), key="transfer")[0]
+    assert as_rgb.shape == (3, 16, 16) and torch.equal(as_rgb[0], as_rgb[2])
+    weights = torch.tensor([0.2989, 0.587, 0.114]).view(3, 1, 1)  # ITU-R 601 luma
+    assert torch.allclose(as_grey, (rgb * weights).sum(0, keepdim=True), atol=1e-3)
+    with pytest.raises(ConfigError, match=r"transfer.*2 channels"):
+        Conformed([(torch.rand(2, 8, 8), 0)], (3, 8, 8), key="transfer")[0]

@@ -30,7 +30,9 @@ def test_the_collector_groups_seeds_and_writes_table_and_figures(sweep, tmp_path
     assert len(rows) == 3 and sorted(r["seeds"] for r in rows) == [1, 2, 2]
     mae = next(r for s, r in by_setting.items() if "loss=mae" in s and "data.batch_size=16" in s)
     assert mae["student_final"][1] >= 0.0 and mae["student_best_over_training"][0] >= mae["student_final"][0] - 1e-9
+    assert not any("trainer." in s for s in by_setting)  # the tiny runs' shared overrides are not in labels
     markdown = (tmp_path / "report" / "results.md").read_text()
+    assert markdown.startswith("All runs: `") and "trainer.max_epochs=" in markdown.splitlines()[0]
     assert "student, final" in markdown and "best over training" in markdown and "+-" in markdown
     with open(tmp_path / "report" / "results.csv") as f:
         table = list(csv.DictReader(f))

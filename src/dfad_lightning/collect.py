@@ -2,13 +2,15 @@
 
 Every directory given is searched for finished runs (a ``results.json`` beside ``.hydra/``), so a
 sweep's directory, several sweeps, or single runs all work. Runs whose command-line overrides are
-the same but for ``seed`` form one *setting*; the table gives, per setting, the number of seeds,
-mean +- std of the teacher's score, of the student's *final* score (our headline) and of its
-*best* score over training (what the paper reports: selected on the test set), the final
-student/teacher ratio, and the wall time. Figures (PNG, with the ``figures`` extra):
+the same but for ``seed`` form one *setting*, labelled by the overrides that differ between
+settings (those shared by every run are listed once, above the table); the table gives, per
+setting, the number of seeds, mean +- std of the teacher's score, of the student's *final*
+score (our headline) and of its *best* score over training (what the paper reports: selected
+on the test set), the final student/teacher ratio, and the wall time. Figures (PNG, with the
+``figures`` extra):
 
 - ``curves.png``: the student's metric against iterations, one curve per setting (mean over
-  seeds), e.g. one per loss as the paper's Fig. 4;
+  seeds, with a band of +- one standard deviation), e.g. one per loss as the paper's Fig. 4;
 - ``final_vs_<key>.png`` (with ``--x KEY``): the final metric against a numeric override such as
   ``data.batch_size`` (the paper's Fig. 7), one line per value of the other overrides;
 - ``samples.png``: the last picture of generated samples beside real images of each setting
@@ -30,6 +32,7 @@ from typing import Any
 from omegaconf import OmegaConf
 
 NO_SETTING = "(defaults)"
+ALL_RUNS = "(all runs)"
 
 
 @dataclass
@@ -41,10 +44,12 @@ class Run:
     results: dict[str, Any]
     curve: list[tuple[int, float]] = field(default_factory=list)
 
+    shared: bool = False  # whether overrides common to every collected run were taken out
+
     @property
     def setting(self) -> str:
         """The overrides that define the run's setting (all but the seed), as one label."""
-        return " ".join(f"{k}={v}" for k, v in sorted(self.overrides.items())) or NO_SETTING
+        return _label(self.overrides) or (ALL_RUNS if self.shared else NO_SETTING)
 
 
 def find_runs(roots: Iterable[Path]) -> list[Run]:
@@ -69,6 +74,21 @@ def read_overrides(run_dir: Path) -> dict[str, str]:
     pairs = (str(o).split("=", 1) for o in OmegaConf.to_container(OmegaConf.load(file)))  # type: ignore[union-attr]
     ignored = ("seed", "hydra.", "paths.", "trainer.enable_progress_bar")
     return {k.lstrip("+~"): v for k, v in pairs if not k.lstrip("+~").startswith(ignored)}
+
+
+def take_out_shared(runs: Sequence[Run], keep: Sequence[str] = ()) -> dict[str, str]:
+    """Remove from every run the overrides that all runs share (but ``keep``) and return them.
+
+    Labels then name only what differs, e.g. ``method=dfad`` rather than the experiment, data
+    directory and teacher checkpoint that every run of a sweep was given.
+    """
+    common = dict(set.intersection(*(set(r.overrides.items()) for r in runs))) if runs else {}
+    for key in keep:
+        common.pop(key, None)
+    for run in runs:
+        run.overrides = {k: v for k, v in run.overrides.items() if k not in common}
+        run.shared = bool(common)
+    return common
 
 
 def read_curve(run: Run) -> list[tuple[int, float]]:
@@ -117,6 +137,10 @@ def table(runs: Sequence[Run]) -> list[dict[str, Any]]:
     return rows
 
 
+def _label(overrides: dict[str, str]) -> str:
+    return " ".join(f"{k}={v}" for k, v in sorted(overrides.items()))
+
+
 def _cell(value: Any, digits: int = 4) -> str:
     if isinstance(value, tuple):
         mean, std = value
@@ -124,8 +148,8 @@ def _cell(value: Any, digits: int = 4) -> str:
     return "" if value is None else str(value)
 
 
-def write_table(rows: Sequence[dict[str, Any]], out: Path) -> None:
-    """``results.csv`` (mean and std in separate columns) and ``results.md``."""
+def write_table(rows: Sequence[dict[str, Any]], out: Path, common: dict[str, str] | None = None) -> None:
+    """``results.csv`` (mean and std in separate columns) and ``results.md``, under the shared overrides."""
     out.mkdir(parents=True, exist_ok=True)
     stats = ["teacher", "student_final", "student_best_over_training", "ratio_final", "wall_time_s"]
     with open(out / "results.csv", "w", newline="") as f:
@@ -138,7 +162,8 @@ def write_table(rows: Sequence[dict[str, Any]], out: Path) -> None:
             writer.writerow([row["setting"], row["dataset"], row["metric"], row["seeds"], *numbers])
     header = ["setting", "seeds", "teacher", "student, final", "student, best over training (paper's)",
               "student/teacher, final", "wall time (s)"]  # fmt: skip
-    lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+    lines = [f"All runs: `{_label(common)}`\n"] if common else []
+    lines += ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
     for row in rows:
         cells = [row["setting"], row["seeds"], *(_cell(row[s]) for s in stats[:3]), _cell(row["ratio_final"], 3),
                  _cell(row["wall_time_s"], 1)]  # fmt: skip
@@ -147,7 +172,7 @@ def write_table(rows: Sequence[dict[str, Any]], out: Path) -> None:
 
 
 def plot_curves(runs: Sequence[Run], out: Path) -> Path:
-    """The student's metric against iterations, mean over seeds, one curve per setting."""
+    """The student's metric against iterations, mean (and +- std band) over seeds, one curve per setting."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -160,7 +185,12 @@ def plot_curves(runs: Sequence[Run], out: Path) -> Path:
     fig, ax = plt.subplots(figsize=(7, 4.5))
     for setting, points in sorted(groups.items()):
         xs = sorted(points)
-        ax.plot(xs, [statistics.fmean(points[x]) for x in xs], marker="o", markersize=3, label=setting)
+        stats = [mean_std(points[x]) or (0.0, 0.0) for x in xs]
+        means, stds = [m for m, _ in stats], [s for _, s in stats]
+        (line,) = ax.plot(xs, means, marker="o", markersize=3, label=setting)
+        if any(stds):
+            lower, upper = [m - s for m, s in stats], [m + s for m, s in stats]
+            ax.fill_between(xs, lower, upper, color=line.get_color(), alpha=0.15, linewidth=0)
     metric = runs[0].results["metric"]
     ax.set(xlabel="iterations", ylabel=f"student {metric} (test split)", title=f"{runs[0].results['dataset']}")
     ax.grid(alpha=0.3)
@@ -183,7 +213,7 @@ def plot_final_vs(runs: Sequence[Run], key: str, out: Path) -> Path:
     for run in runs:
         if key not in run.overrides or run.results["student"]["final"] is None:
             continue
-        rest = " ".join(f"{k}={v}" for k, v in sorted(run.overrides.items()) if k != key) or NO_SETTING
+        rest = _label({k: v for k, v in run.overrides.items() if k != key}) or (ALL_RUNS if run.shared else NO_SETTING)
         lines[rest][float(run.overrides[key])].append(run.results["student"]["final"])
     fig, ax = plt.subplots(figsize=(6, 4.5))
     for label, points in sorted(lines.items()):
@@ -192,7 +222,7 @@ def plot_final_vs(runs: Sequence[Run], key: str, out: Path) -> Path:
         ax.errorbar(xs, [m for m, _ in stats], yerr=[s for _, s in stats], marker="o", capsize=3, label=label)
     ax.set(xlabel=key, ylabel=f"final student {runs[0].results['metric']}", title=f"{runs[0].results['dataset']}")
     ax.grid(alpha=0.3)
-    if len(lines) > 1 or NO_SETTING not in lines:
+    if len(lines) > 1 or not lines.keys() & {NO_SETTING, ALL_RUNS}:
         ax.legend(fontsize=8)
     path = out / f"final_vs_{key.replace('.', '_')}.png"
     fig.tight_layout()
@@ -237,8 +267,9 @@ def collect(roots: Sequence[Path], out: Path, x: str | None = None, figures: boo
     runs = find_runs(roots)
     if not runs:
         raise SystemExit(f"no finished distillation run (results.json) under {', '.join(map(str, roots))}")
+    common = take_out_shared(runs, keep=[x] if x else [])
     rows = table(runs)
-    write_table(rows, out)
+    write_table(rows, out, common)
     if figures:
         plot_curves(runs, out)
         plot_samples(runs, out)

@@ -9,8 +9,10 @@ import torch
 from lightning import LightningDataModule
 from torch import Tensor
 from torch.utils.data import DataLoader, Dataset, RandomSampler
+from torchvision.transforms.v2 import functional as TF
 
 from dfad_lightning.data.noise import NoiseStream
+from dfad_lightning.errors import ConfigError
 
 
 class Normalized(Dataset[tuple[Tensor, Any]]):
@@ -39,6 +41,42 @@ class Normalized(Dataset[tuple[Tensor, Any]]):
         # Statistics per channel (dimension 0), whatever the input's rank: images, vectors, volumes.
         shape = (-1,) + (1,) * (image.dim() - 1)
         return (image - self.mean.view(shape)) / self.std.view(shape), target
+
+
+class Conformed(Dataset[tuple[Tensor, Any]]):
+    """A dataset of ``(image, target)`` pairs with images brought to a network's input shape.
+
+    Grey images become RGB (the channel repeated) and RGB images grey (ITU-R 601 luma); every
+    image is resized to the target height and width. This lets any image dataset serve as
+    transfer data for any teacher (KD-REL, KD-UNR), e.g. MNIST for a CIFAR-10 teacher.
+
+    Args:
+        dataset: Yields ``(image, target)`` with ``image`` a float tensor ``(C, H, W)`` in ``[0, 1]``.
+        image_shape: The teacher's input ``(channels, height, width)``.
+        key: Config key named when the channels cannot be converted.
+    """
+
+    def __init__(self, dataset: Dataset[tuple[Tensor, Any]], image_shape: Sequence[int], key: str) -> None:
+        self.dataset = dataset
+        self.channels, self.size = int(image_shape[0]), [int(s) for s in image_shape[1:]]
+        self.key = key
+
+    def __len__(self) -> int:
+        return len(self.dataset)  # type: ignore[arg-type]
+
+    def __getitem__(self, index: int) -> tuple[Tensor, Any]:
+        image, target = self.dataset[index]
+        have = image.shape[0]
+        if have != self.channels:
+            if (have, self.channels) == (3, 1):
+                image = TF.rgb_to_grayscale(image)
+            elif have == 1:
+                image = image.expand(self.channels, -1, -1)
+            else:
+                raise ConfigError(self.key, f"its images have {have} channels; the teacher takes {self.channels}")
+        if list(image.shape[-2:]) != self.size:
+            image = TF.resize(image, self.size, antialias=True)
+        return image, target
 
 
 class DFADDataModule(LightningDataModule):
@@ -188,25 +226,33 @@ class TransferDataModule(DFADDataModule):
     """Real images in place of noise, for the knowledge-distillation baselines (KD-ORI, KD-REL, KD-UNR).
 
     Each training batch is ``(student_steps + 1, batch_size, C, H, W)`` images of ``train_dataset``
-    (labels dropped, normalised with the teacher's statistics), drawn at random with replacement,
-    so an epoch has ``iterations_per_epoch`` iterations whatever the dataset's size. The
-    evaluation split is the dataset's, as for DFAD.
+    (labels dropped, brought to ``image_shape`` if given, normalised with the teacher's
+    statistics), drawn at random with replacement, so an epoch has ``iterations_per_epoch``
+    iterations whatever the dataset's size. The evaluation split is the dataset's, as for DFAD.
 
     Args:
-        train_dataset: Builds the transfer data (images in ``[0, 1]`` of the teacher's input shape).
+        train_dataset: Builds the transfer data (images in ``[0, 1]``).
+        image_shape: The teacher's input ``(channels, height, width)``: transfer images of another
+            shape are converted (see :class:`Conformed`). ``None`` takes them as they are.
         **kwargs: As :class:`DFADDataModule`.
     """
 
-    def __init__(self, train_dataset: Callable[[], Dataset[Any]], **kwargs: Any) -> None:
+    def __init__(
+        self, train_dataset: Callable[[], Dataset[Any]], image_shape: Sequence[int] | None = None, **kwargs: Any
+    ) -> None:
         super().__init__(**kwargs)
         self.train_dataset_factory = train_dataset
+        self.image_shape = image_shape
         self.train_dataset: Dataset[Any] | None = None
 
     def setup(self, stage: str) -> None:
         """Build the evaluation split and the transfer data."""
         super().setup(stage)
         if self.train_dataset is None:
-            self.train_dataset = Normalized(self.train_dataset_factory(), self.mean, self.std)
+            transfer = self.train_dataset_factory()
+            if self.image_shape is not None:
+                transfer = Conformed(transfer, self.image_shape, key="transfer")
+            self.train_dataset = Normalized(transfer, self.mean, self.std)
 
     def train_dataloader(self) -> DataLoader[Any]:  # type: ignore[override]
         """Batches of ``student_steps + 1`` stacked image batches, drawn with a seeded sampler."""

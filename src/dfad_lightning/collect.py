@@ -137,6 +137,11 @@ def table(runs: Sequence[Run]) -> list[dict[str, Any]]:
     return rows
 
 
+def _legend_below(ax: Any) -> None:
+    """A legend under the axes, where it hides no curve however many settings there are."""
+    ax.legend(fontsize=8, loc="upper center", bbox_to_anchor=(0.5, -0.13), ncol=1, frameon=False)
+
+
 def _label(overrides: dict[str, str]) -> str:
     return " ".join(f"{k}={v}" for k, v in sorted(overrides.items()))
 
@@ -194,10 +199,9 @@ def plot_curves(runs: Sequence[Run], out: Path) -> Path:
     metric = runs[0].results["metric"]
     ax.set(xlabel="iterations", ylabel=f"student {metric} (test split)", title=f"{runs[0].results['dataset']}")
     ax.grid(alpha=0.3)
-    ax.legend(fontsize=8)
+    _legend_below(ax)
     path = out / "curves.png"
-    fig.tight_layout()
-    fig.savefig(path, dpi=120)
+    fig.savefig(path, dpi=120, bbox_inches="tight")
     plt.close(fig)
     return path
 
@@ -223,10 +227,9 @@ def plot_final_vs(runs: Sequence[Run], key: str, out: Path) -> Path:
     ax.set(xlabel=key, ylabel=f"final student {runs[0].results['metric']}", title=f"{runs[0].results['dataset']}")
     ax.grid(alpha=0.3)
     if len(lines) > 1 or not lines.keys() & {NO_SETTING, ALL_RUNS}:
-        ax.legend(fontsize=8)
+        _legend_below(ax)
     path = out / f"final_vs_{key.replace('.', '_')}.png"
-    fig.tight_layout()
-    fig.savefig(path, dpi=120)
+    fig.savefig(path, dpi=120, bbox_inches="tight")
     plt.close(fig)
     return path
 

@@ -22,6 +22,7 @@ from __future__ import annotations
 import argparse
 import csv
 import json
+import re
 import statistics
 from collections import defaultdict
 from collections.abc import Iterable, Sequence
@@ -119,7 +120,8 @@ def table(runs: Sequence[Run]) -> list[dict[str, Any]]:
     for run in runs:
         groups[run.setting].append(run)
     rows = []
-    for setting, group in sorted(groups.items()):
+    for setting in sorted(groups, key=natural):
+        group = groups[setting]
         res = [r.results for r in group]
         rows.append(
             {
@@ -135,6 +137,15 @@ def table(runs: Sequence[Run]) -> list[dict[str, Any]]:
             }
         )
     return rows
+
+
+def natural(label: str) -> list[Any]:
+    """Sort key that orders the numbers in labels by value: ``batch_size=32`` before ``batch_size=128``.
+
+    >>> sorted(["b=128", "b=32", "a=x"], key=natural)
+    ['a=x', 'b=32', 'b=128']
+    """
+    return [(0, float(part), "") if i % 2 else (1, 0.0, part) for i, part in enumerate(re.split(r"(\d+\.?\d*)", label))]
 
 
 def _legend_below(ax: Any) -> None:
@@ -188,7 +199,8 @@ def plot_curves(runs: Sequence[Run], out: Path) -> Path:
         for iteration, value in run.curve:
             groups[run.setting][iteration].append(value)
     fig, ax = plt.subplots(figsize=(7, 4.5))
-    for setting, points in sorted(groups.items()):
+    for setting in sorted(groups, key=natural):
+        points = groups[setting]
         xs = sorted(points)
         stats = [mean_std(points[x]) or (0.0, 0.0) for x in xs]
         means, stds = [m for m, _ in stats], [s for _, s in stats]
@@ -197,7 +209,8 @@ def plot_curves(runs: Sequence[Run], out: Path) -> Path:
             lower, upper = [m - s for m, s in stats], [m + s for m, s in stats]
             ax.fill_between(xs, lower, upper, color=line.get_color(), alpha=0.15, linewidth=0)
     metric = runs[0].results["metric"]
-    ax.set(xlabel="iterations", ylabel=f"student {metric} (test split)", title=f"{runs[0].results['dataset']}")
+    title = f"{runs[0].results['dataset']} (mean, band +- std over seeds)"
+    ax.set(xlabel="iterations", ylabel=f"student {metric} (test split)", title=title)
     ax.grid(alpha=0.3)
     _legend_below(ax)
     path = out / "curves.png"
@@ -220,11 +233,17 @@ def plot_final_vs(runs: Sequence[Run], key: str, out: Path) -> Path:
         rest = _label({k: v for k, v in run.overrides.items() if k != key}) or (ALL_RUNS if run.shared else NO_SETTING)
         lines[rest][float(run.overrides[key])].append(run.results["student"]["final"])
     fig, ax = plt.subplots(figsize=(6, 4.5))
-    for label, points in sorted(lines.items()):
+    for label in sorted(lines, key=natural):
+        points = lines[label]
         xs = sorted(points)
         stats = [mean_std(points[x]) or (0.0, 0.0) for x in xs]
         ax.errorbar(xs, [m for m, _ in stats], yerr=[s for _, s in stats], marker="o", capsize=3, label=label)
-    ax.set(xlabel=key, ylabel=f"final student {runs[0].results['metric']}", title=f"{runs[0].results['dataset']}")
+    values = sorted({x for points in lines.values() for x in points})
+    if values and values[0] > 0 and values[-1] >= 4 * values[0]:  # e.g. batch sizes: doublings equally spaced
+        ax.set_xscale("log", base=2)
+        ax.set_xticks(values, [f"{x:g}" for x in values])
+    title = f"{runs[0].results['dataset']} (mean +- std over seeds)"
+    ax.set(xlabel=key, ylabel=f"final student {runs[0].results['metric']}", title=title)
     ax.grid(alpha=0.3)
     if len(lines) > 1 or not lines.keys() & {NO_SETTING, ALL_RUNS}:
         _legend_below(ax)
@@ -250,8 +269,8 @@ def plot_samples(runs: Sequence[Run], out: Path) -> Path | None:
     if not pictures:
         return None
     fig, axes = plt.subplots(len(pictures), 1, figsize=(8, 2.2 * len(pictures)), squeeze=False)
-    for ax, (setting, picture) in zip(axes[:, 0], sorted(pictures.items()), strict=True):
-        ax.imshow(mpimg.imread(picture))
+    for ax, setting in zip(axes[:, 0], sorted(pictures, key=natural), strict=True):
+        ax.imshow(mpimg.imread(pictures[setting]))
         ax.set_title(f"{setting}: generated (left), real (right)", fontsize=9)
         ax.axis("off")
     path = out / "samples.png"

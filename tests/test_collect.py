@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import csv
+import shutil
 
 import pytest
+from omegaconf import OmegaConf
 from PIL import Image
 
 from dfad_lightning.collect import collect, main
@@ -41,6 +43,18 @@ def test_the_collector_groups_seeds_and_writes_table_and_figures(sweep, tmp_path
         assert Image.open(tmp_path / "report" / name).size[0] > 300
     main([str(sweep), "--out", str(tmp_path / "again"), "--no-figures"])
     assert "student, final" in capsys.readouterr().out and not (tmp_path / "again" / "curves.png").exists()
+
+
+def test_runs_with_the_same_overrides_but_a_changed_config_are_not_averaged(sweep, tmp_path):
+    # As if a config file had been edited between two sweeps run with the same command line.
+    edited = sweep / "mae0_16_edited"
+    shutil.copytree(sweep / "mae0_16", edited)
+    config = OmegaConf.load(edited / ".hydra" / "config.yaml")
+    config.system.student_optimizer.lr = 0.123
+    OmegaConf.save(config, edited / ".hydra" / "config.yaml")
+    rows = collect([sweep], tmp_path / "report", figures=False)
+    labels = [r["setting"] for r in rows if "loss=mae" in r["setting"] and "data.batch_size=16" in r["setting"]]
+    assert len(labels) == 2 and any("system.student_optimizer.lr=0.123" in label for label in labels), labels
 
 
 def test_the_collector_says_when_there_is_nothing_to_collect(tmp_path):

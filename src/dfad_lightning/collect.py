@@ -77,6 +77,41 @@ def read_overrides(run_dir: Path) -> dict[str, str]:
     return {k.lstrip("+~"): v for k, v in pairs if not k.lstrip("+~").startswith(ignored)}
 
 
+def flat_config(run_dir: Path) -> dict[str, str]:
+    """The run's composed config (``.hydra/config.yaml``, unresolved) as ``{dotted key: value}``, but seed and paths."""
+    file = run_dir / ".hydra" / "config.yaml"
+    if not file.exists():
+        return {}
+    flat: dict[str, str] = {}
+
+    def walk(node: Any, prefix: str) -> None:
+        if isinstance(node, dict):
+            for key, value in node.items():
+                walk(value, f"{prefix}{key}.")
+        else:
+            flat[prefix[:-1]] = str(node)
+
+    walk(OmegaConf.to_container(OmegaConf.load(file), resolve=False), "")
+    return {k: v for k, v in flat.items() if k != "seed" and not k.startswith(("paths.", "hydra."))}
+
+
+def tell_apart_changed_configs(runs: Sequence[Run]) -> None:
+    """Give runs with the same overrides but different configs the keys that differ, as overrides.
+
+    A config file edited between two sweeps would otherwise put runs of different settings into
+    one mean; with this they form separate, labelled settings (``... system.generator_optimizer.lr=0.001``).
+    """
+    groups: dict[str, list[Run]] = defaultdict(list)
+    for run in runs:
+        groups[run.setting].append(run)
+    for group in groups.values():
+        configs = [flat_config(run.path) for run in group]
+        keys = sorted({k for config in configs for k in config})
+        differing = [k for k in keys if len({config.get(k) for config in configs}) > 1]
+        for run, config in zip(group, configs, strict=True):
+            run.overrides.update({k: config.get(k, "(absent)") for k in differing})
+
+
 def take_out_shared(runs: Sequence[Run], keep: Sequence[str] = ()) -> dict[str, str]:
     """Remove from every run the overrides that all runs share (but ``keep``) and return them.
 
@@ -289,6 +324,7 @@ def collect(roots: Sequence[Path], out: Path, x: str | None = None, figures: boo
     runs = find_runs(roots)
     if not runs:
         raise SystemExit(f"no finished distillation run (results.json) under {', '.join(map(str, roots))}")
+    tell_apart_changed_configs(runs)
     common = take_out_shared(runs, keep=[x] if x else [])
     rows = table(runs)
     write_table(rows, out, common)

@@ -4,10 +4,10 @@ from __future__ import annotations
 
 import json
 
-import lightning as L
 import pytest
 import torch
-from test_dfad import make_datamodule, make_system
+from test_dfad import fit as fit_system
+from test_dfad import make_system
 
 from dfad_lightning.callbacks import DataFreeProbe
 from dfad_lightning.errors import ConfigError
@@ -17,16 +17,7 @@ from dfad_lightning.tasks import run
 
 def fit(tmp_path, callbacks, epochs=3):
     system = make_system()
-    trainer = L.Trainer(
-        max_epochs=epochs,
-        logger=False,
-        enable_checkpointing=False,
-        enable_progress_bar=False,
-        num_sanity_val_steps=0,
-        callbacks=callbacks,
-    )
-    trainer.fit(system, datamodule=make_datamodule())
-    return system, trainer
+    return system, fit_system(system, tmp_path, epochs, callbacks=callbacks)
 
 
 def test_the_probe_logs_every_epoch_and_leaves_training_unchanged(tmp_path):

@@ -60,7 +60,7 @@ def test_dafl_trains_the_generator_against_the_teacher_alone():
     assert not same(student, snapshot(system.student)) and not same(generator, snapshot(system.generator))
 
 
-@pytest.mark.parametrize("method", ["dfad", "random", "kd_ori", "dafl"])
+@pytest.mark.parametrize("method", ["dfad", "random", "kd_ori", "dafl", "dfq"])
 def test_every_method_runs_from_config(make_cfg, method):
     results = run(make_cfg(f"method={method}"))
     assert 0.0 <= results["student"]["final"] <= 1.0 and results["iterations"] == 6

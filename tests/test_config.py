@@ -32,6 +32,8 @@ GROUPS = [
     "callbacks",
     "paths",
     "experiment",
+    "method",
+    "schedule",
 ]
 
 
@@ -94,6 +96,7 @@ def test_adversarial_options_turn_the_discrepancy_into_a_loss_to_minimise(make_c
 # What the generic datasets leave for the user to set (???).
 REQUIRED = {
     "image_folder": ["dataset.root=/data/flowers", "dataset.image_size=[64,64]", "dataset.num_classes=5"],
+    "split_folder": ["dataset.root=/data/cifar10/test", "dataset.image_size=[32,32]", "dataset.num_classes=10"],
     "idx": [
         "dataset.num_classes=10",
         *(f"dataset.files.{k}=/data/{k}.gz" for k in ("train_images", "train_labels", "test_images", "test_labels")),
@@ -155,6 +158,21 @@ def test_paper_rows_carry_table_7(make_cfg):
         make_cfg("experiment=paper_cifar100", tiny=False).dataset.mean
         != make_cfg("experiment=paper_cifar10", tiny=False).dataset.mean
     )  # never CIFAR-10 statistics for CIFAR-100
+
+
+@pytest.mark.parametrize("option", options("schedule"))
+def test_schedule_options_set_both_schedules_over_the_run(make_cfg, option):
+    cfg = make_cfg(f"schedule={option}", "trainer.max_epochs=4")
+    for key in ("student", "generator"):
+        node = cfg.system[f"{key}_scheduler"]
+        if option == "constant":
+            assert node is None
+            continue
+        optimizer = torch.optim.SGD([torch.nn.Parameter(torch.zeros(1))], lr=1.0)
+        scheduler = instantiate(node)(optimizer)
+        for _ in range(4):  # stepped once per epoch
+            scheduler.step()
+        assert optimizer.param_groups[0]["lr"] == pytest.approx(0.0, abs=1e-9)
 
 
 @pytest.mark.parametrize("option", options("trainer"))

@@ -90,6 +90,11 @@ def test_missing_teacher_says_which_key_to_set_and_how_to_train_one(make_cfg):
         ("system.student_optimizer.lr=-0.1", "system.student_optimizer.lr"),
         ("system.generator_optimizer.lr=-1", "system.generator_optimizer.lr"),
         ("task=nonsense", "task"),
+        ("system.ema_decay=1.0", "system.ema_decay"),
+        ("system.replay_size=-5", "system.replay_size"),
+        ("system.replay_fraction=0", "system.replay_fraction"),
+        ("system.balance=-1", "system.balance"),
+        ("system.bn_prior=-0.5", "system.bn_prior"),
     ],
 )
 def test_impossible_settings_fail_before_training_naming_the_key(make_cfg, override, key):

@@ -100,7 +100,7 @@ class MultiLabelDFAD(DFAD):
         """The base evaluation (mean average precision), plus the precision of every label."""
         super().validation_step(batch, batch_idx)
         x, target = batch
-        self.per_label.update(self.student(x), target)
+        self.per_label.update(self.final_student(x), target)
 
     def report(self) -> dict[str, Any]:
         """The student's average precision of every label, on the last evaluation."""

@@ -7,11 +7,18 @@ generator's loss (a quantity to minimise). All functions take outputs of shape `
 
 The paper's discrepancy is the mean absolute error (Eq. 2). Its classification scripts train the
 generator on ``-D``, its segmentation scripts on ``-log(1 + D)``.
+
+*Priors* are further terms of the generator's loss that ask its samples to look like the teacher's
+data rather than only to be hard: :func:`class_balance` and :func:`one_hot` (DAFL, DFQ) on the
+teacher's outputs, and :class:`BatchNormPrior` (DFQ, DeepInversion) on its BatchNorm statistics.
 """
 
 from __future__ import annotations
 
+import math
+
 import torch
+from torch import nn
 import torch.nn.functional as F
 from torch import Tensor
 
@@ -103,3 +110,75 @@ def focal_loss(logits: Tensor, target: Tensor, gamma: float = 2.0, ignore_index:
     p_t = torch.exp(-ce)
     loss = (1.0 - p_t).pow(gamma) * ce
     return loss[kept].sum() / kept.sum().clamp(min=1)
+
+
+def class_balance(logits: Tensor) -> Tensor:
+    """How far the batch's mean prediction is from uniform: ``log C - H(mean softmax)``, at least 0.
+
+    DAFL's information-entropy loss (plus the constant ``log C``, so that a batch spread evenly
+    over the ``C`` classes scores 0). The mean is over samples and, for dense outputs, positions.
+
+    >>> float(class_balance(torch.eye(4)))  # one sample of each class: balanced
+    0.0
+    >>> round(float(class_balance(10 * torch.tensor([[1.0, 0.0], [1.0, 0.0]]))), 3)  # all of class 0
+    0.693
+    """
+    classes = logits.shape[1]
+    mean_p = logits.movedim(1, -1).reshape(-1, classes).softmax(1).mean(0)
+    return math.log(classes) + (mean_p * mean_p.clamp_min(1e-12).log()).sum()
+
+
+def one_hot(logits: Tensor) -> Tensor:
+    """Cross-entropy of the outputs against their own argmax: low when each prediction is confident (DAFL).
+
+    >>> bool(one_hot(torch.tensor([[9.0, 0.0]])) < one_hot(torch.tensor([[0.1, 0.0]])))
+    True
+    """
+    return F.cross_entropy(logits, logits.argmax(1))
+
+
+class BatchNormPrior:
+    """The BatchNorm-statistics prior of DFQ (Choi et al. 2020) and DeepInversion (Yin et al. 2020).
+
+    Forward hooks on every ``BatchNorm`` layer of a (frozen) network record, for each forward pass
+    run with gradients, ``||mean_batch - running_mean||_2 + ||var_batch - running_var||_2`` of the
+    layer's input over the batch and positions: how far a batch's feature statistics are from
+    those of the data the network was trained on. :meth:`loss` sums them over the layers of the
+    last such pass. Passes without gradients (the student steps, evaluation) cost nothing.
+
+    Args:
+        net: The network whose BatchNorm layers are watched (the teacher).
+
+    >>> net = nn.Sequential(nn.Conv2d(1, 2, 1), nn.BatchNorm2d(2)).eval()
+    >>> prior = BatchNormPrior(net)
+    >>> _ = net(torch.randn(8, 1, 4, 4).requires_grad_())
+    >>> bool(prior.loss() > 0), len(prior)
+    (True, 1)
+    """
+
+    def __init__(self, net: nn.Module) -> None:
+        self.layers = [m for m in net.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm)]
+        self._terms: dict[int, Tensor] = {}
+        for index, layer in enumerate(self.layers):
+            layer.register_forward_hook(self._hook(index))
+
+    def __len__(self) -> int:
+        return len(self.layers)
+
+    def _hook(self, index: int):  # type: ignore[no-untyped-def]
+        def record(module: nn.Module, inputs: tuple[Tensor, ...], output: Tensor) -> None:
+            if not torch.is_grad_enabled():
+                return
+            x = inputs[0].transpose(0, 1).flatten(1).float()  # (channels, everything else)
+            mean, var = x.mean(1), x.var(1, unbiased=False)
+            self._terms[index] = torch.linalg.vector_norm(mean - module.running_mean) + torch.linalg.vector_norm(
+                var - module.running_var
+            )
+
+        return record
+
+    def loss(self) -> Tensor:
+        """The sum over layers recorded in the last forward pass with gradients (0 if the network has none)."""
+        terms = list(self._terms.values())
+        self._terms = {}
+        return torch.stack(terms).sum() if terms else torch.zeros(())

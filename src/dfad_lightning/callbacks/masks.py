@@ -56,7 +56,7 @@ class MaskGrid(SampleGrid):
         system = cast(DFAD, pl_module)
         with torch.no_grad():
             x_dev = x.to(system.device)
-            predicted = [net(x_dev).argmax(1).cpu() for net in (system.teacher, system.student)]
+            predicted = [net(x_dev).argmax(1).cpu() for net in (system.teacher, system.final_student)]
         images = denormalize(x.float().cpu(), self.mean, self.std)
         if images.shape[1] == 1:
             images = images.expand(-1, 3, -1, -1)

@@ -102,7 +102,7 @@ class DataFreeProbe(Callback):
         """The module's fidelity values on ``inputs``, averaged over batches (weighted by size)."""
         totals: dict[str, float] = {}
         system = cast(DFAD, pl_module)
-        student, teacher = system.student, system.teacher
+        student, teacher = system.final_student, system.teacher
         mode = student.training
         student.eval()
         try:
@@ -142,6 +142,37 @@ class DataFreeProbe(Callback):
             return None
         sign = -1.0 if self.mode == "min" else 1.0
         return dict(max(self.history, key=lambda h: (sign * h[self.monitor], -h["epoch"])))
+
+    def warnings(self, drop: float = 0.05, floor: float = 0.5) -> list[str]:
+        """What the signal says went wrong, as sentences with what to try (none if all looks well).
+
+        Judged from the run's own probes only, so it works without real data: the student's
+        agreement with the teacher on the probe set ``drop`` or more below its peak at the end (the
+        student forgot what it had learnt: the game was unstable), falling over each of the last
+        two epochs (it is still getting worse), or below ``floor`` (it mostly disagrees).
+
+        Args:
+            drop: How far below its peak the final agreement may be.
+            floor: The lowest acceptable final agreement.
+        """
+        values = [h["agreement"] for h in self.history]
+        if not values:
+            return []
+        found, final = [], values[-1]
+        peak = max(range(len(values)), key=values.__getitem__)
+        if values[peak] - final >= drop:
+            found.append(
+                f"the student's agreement with the teacher on the run's own probes fell from {values[peak]:.3f} "
+                f"(epoch {self.history[peak]['epoch']}) to {final:.3f}: it forgot what it had learnt"
+            )
+        elif len(values) >= 3 and values[-3] > values[-2] > final:
+            found.append(
+                f"the student's agreement with the teacher on the run's own probes fell over the last two epochs "
+                f"({values[-3]:.3f}, {values[-2]:.3f}, {final:.3f})"
+            )
+        if final < floor:
+            found.append(f"the student agrees with the teacher on only {final:.0%} of the run's own probes")
+        return found
 
     def _thin(self, trainer: Trainer) -> None:
         """Drop every other snapshot (the newest is always kept)."""

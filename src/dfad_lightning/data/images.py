@@ -181,12 +181,21 @@ def list_class_folders(root: Path, key: str) -> tuple[list[str], list[tuple[Path
 class ImageFolderDataset(_Transformed):
     """Images in one sub-folder per class (sorted names give the labels), torchvision's ``ImageFolder`` layout.
 
+    With ``split`` set, only one part of the folder is read: the folder is split per class into a
+    training and a held-out part (seeded by ``split_seed``, written to ``split_file`` the first
+    time and reused ever after, as :class:`Caltech101` does), so that one folder of labelled
+    images can train a teacher and evaluate students on disjoint images.
+
     Args:
         root: Folder of class folders.
         image_size: Output side or ``(height, width)``; ``None`` keeps each file's size.
         channels: 1 (grey) or 3 (RGB): images are converted on loading.
         augment: Optional transform of each ``[0, 1]`` image tensor.
         key: Config key named in errors.
+        split: ``"train"`` or ``"test"``: that part of a split of the folder; ``None``: every image.
+        split_file: Where the split is kept (needed with ``split``).
+        split_seed: Seed of the split.
+        test_fraction: Fraction of each class held out.
     """
 
     def __init__(
@@ -196,8 +205,19 @@ class ImageFolderDataset(_Transformed):
         channels: int = 3,
         augment: Transform | None = None,
         key: str = "paths.data_dir",
+        split: Split | None = None,
+        split_file: str | Path | None = None,
+        split_seed: int = 0,
+        test_fraction: float = 0.2,
     ) -> None:
-        self.classes, self.samples = list_class_folders(Path(root), key)
+        folder = Path(root)
+        self.classes, self.samples = list_class_folders(folder, key)
+        if split is not None:
+            if split_file is None:
+                raise ValueError("a split of the folder needs a split_file to keep it in")
+            part = load_or_make_split(Path(split_file), folder, self.samples, self.classes, split_seed, test_fraction)
+            chosen = set(part[split])
+            self.samples = [(f, y) for f, y in self.samples if str(f.relative_to(folder)) in chosen]
         self.mode = {1: "L", 3: "RGB"}[channels]
         self.to_tensor = to_image_tensor(image_size)
         self.augment = augment

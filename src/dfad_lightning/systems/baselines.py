@@ -16,7 +16,6 @@ from collections.abc import Sequence
 from typing import Any
 
 import torch
-import torch.nn.functional as F
 from torch import Tensor, nn
 
 from dfad_lightning.systems.dfad import DFAD
@@ -52,23 +51,24 @@ class DAFL(DFAD):
     """Data-Free Learning of student networks (Chen et al. 2019), in the DFAD loop.
 
     The generator minimises ``one_hot * CE(T(x), argmax T(x)) - activation * mean|f_T(x)|
-    + entropy * sum(p log p)`` of the mean teacher prediction ``p`` over the batch (the
+    + balance * (log C - H(p))`` of the mean teacher prediction ``p`` over the batch (the
     information-entropy loss: it wants balanced classes), where ``f_T`` are the teacher's
-    features before its last linear layer. The student is never part of the generator's loss.
+    features before its last linear layer: the base class's :meth:`~DFAD.priors` plus the
+    activation loss. The student is never part of the generator's loss.
 
     Args:
         *args: As :class:`DFAD`.
         one_hot: Weight of the one-hot loss (DAFL: 1).
         activation: Weight of the activation loss (DAFL: 0.1).
-        entropy: Weight of the information-entropy loss (DAFL: 5).
+        balance: Weight of the information-entropy loss (DAFL: 5).
         **kwargs: As :class:`DFAD`.
     """
 
     def __init__(
-        self, *args: Any, one_hot: float = 1.0, activation: float = 0.1, entropy: float = 5.0, **kwargs: Any
+        self, *args: Any, one_hot: float = 1.0, activation: float = 0.1, balance: float = 5.0, **kwargs: Any
     ) -> None:
-        super().__init__(*args, **kwargs)
-        self.weights = (one_hot, activation, entropy)
+        super().__init__(*args, one_hot=one_hot, balance=balance, **kwargs)
+        self.activation = activation
         last_linear = [m for m in self.teacher.modules() if isinstance(m, nn.Linear)]
         if not last_linear:
             raise ValueError("DAFL needs a teacher whose last layer is an nn.Linear (its features feed the loss)")
@@ -81,10 +81,4 @@ class DAFL(DFAD):
     def generator_loss(self, student_out: Tensor, teacher_out: Tensor) -> Tensor:
         """DAFL's generator loss on the teacher's outputs and features (the student is not used)."""
         assert self._features is not None
-        one_hot, activation, entropy = self.weights
-        mean_p = teacher_out.softmax(1).mean(0)
-        return (
-            one_hot * F.cross_entropy(teacher_out, teacher_out.argmax(1))
-            - activation * self._features.abs().mean()
-            + entropy * (mean_p * mean_p.clamp_min(1e-12).log()).sum()
-        )
+        return self.priors(teacher_out) - self.activation * self._features.abs().mean()

@@ -14,10 +14,12 @@ from lightning.pytorch.core.optimizer import LightningOptimizer
 from torch import Tensor, nn
 from torch.optim import SGD, Adam, Optimizer
 from torch.optim.lr_scheduler import LRScheduler
+from torch.optim.swa_utils import AveragedModel
 from torchmetrics import Metric
 
 from dfad_lightning import losses
 from dfad_lightning.errors import ConfigError, NonFiniteLossError
+from dfad_lightning.systems.memory import ReplayMemory
 
 OptimizerFactory = Callable[[Iterable[nn.Parameter]], Optimizer]
 SchedulerFactory = Callable[[Optimizer], LRScheduler]
@@ -39,6 +41,12 @@ class DFAD(LightningModule):
     the student. The teacher never changes and stays in eval mode. Training batches are the
     noise of one iteration, ``(student_steps + 1, B, nz)`` (see
     :class:`~dfad_lightning.data.DFADDataModule`); evaluation batches are real ``(x, y)`` pairs.
+
+    Options that steady the adversarial game (all off by default, which is the paper's algorithm;
+    see ``conf/method/``): a moving average of the student's weights (``ema_decay``), which is
+    then the student that is evaluated, checkpointed and exported; a replay memory of past samples
+    mixed into the student steps (``replay_size``); and priors in the generator's loss that pull
+    its samples towards the teacher's data (``balance``, ``one_hot``, ``bn_prior``).
 
     Subclasses adapt the method to a task by overriding a few hooks:
 
@@ -79,6 +87,21 @@ class DFAD(LightningModule):
             checkpoints, and a checkpoint saved with another teacher is refused on resume.
         train_generator: Run the generation stage. ``False`` for baselines whose inputs come from
             elsewhere (real or random data): the student steps alone remain.
+        ema_decay: Keep an exponential moving average of the student's weights and BatchNorm
+            statistics, updated once per iteration with this decay (warmed up as
+            ``min(decay, (1 + n) / (10 + n))`` after ``n`` updates); it is the student that is
+            evaluated, probed and exported (:attr:`final_student`). ``None``: no average.
+        replay_size: Samples kept in a :class:`~dfad_lightning.systems.memory.ReplayMemory` of
+            everything the generator made; ``0``: no replay.
+        replay_fraction: Each student step adds ``replay_fraction * B`` samples from the memory
+            to its ``B`` fresh ones.
+        balance: Weight of :func:`~dfad_lightning.losses.class_balance` of the teacher's outputs
+            in the generator's loss (samples of every class).
+        one_hot: Weight of :func:`~dfad_lightning.losses.one_hot` of the teacher's outputs in
+            the generator's loss (samples the teacher is sure about).
+        bn_prior: Weight of :class:`~dfad_lightning.losses.BatchNormPrior` of the teacher in the
+            generator's loss (samples whose features match the statistics of the teacher's
+            training data); a teacher without BatchNorm layers gets nothing from it.
     """
 
     teacher_score: Tensor
@@ -106,12 +129,22 @@ class DFAD(LightningModule):
         nonfinite: Literal["stop", "skip"] = "stop",
         teacher_fingerprint: dict[str, str] | None = None,
         train_generator: bool = True,
+        ema_decay: float | None = None,
+        replay_size: int = 0,
+        replay_fraction: float = 0.5,
+        balance: float = 0.0,
+        one_hot: float = 0.0,
+        bn_prior: float = 0.0,
     ) -> None:
         super().__init__()
         if student_steps < 1:
             raise ValueError(f"student_steps must be at least 1, got {student_steps}")
         if nonfinite not in ("stop", "skip"):
             raise ValueError(f"nonfinite must be 'stop' or 'skip', got {nonfinite!r}")
+        if ema_decay is not None and not 0.0 <= ema_decay < 1.0:
+            raise ValueError(f"ema_decay must be in [0, 1), got {ema_decay}")
+        if replay_size < 0 or replay_fraction <= 0:
+            raise ValueError(f"replay_size must be >= 0 and replay_fraction > 0, got {replay_size}, {replay_fraction}")
         self.automatic_optimization = False
         self.teacher = teacher.requires_grad_(False).eval()
         self.student = student
@@ -132,6 +165,12 @@ class DFAD(LightningModule):
         # A plain dict (Hydra hands DictConfigs), so checkpoints load with weights_only=True.
         self.teacher_fingerprint = dict(teacher_fingerprint) if teacher_fingerprint else None
         self.train_generator = train_generator
+        self.student_ema = self._average(student, ema_decay) if ema_decay is not None else None
+        # Made at the first student step, when the shape of a sample is known (see _replayed).
+        self.memory: ReplayMemory | None = None
+        self.replay_size, self.replay_fraction = replay_size, replay_fraction
+        self.prior_weights = {"balance": balance, "one_hot": one_hot, "bn_prior": bn_prior}
+        self.bn_prior = losses.BatchNormPrior(self.teacher) if bn_prior else None
         # Scores live in buffers so that they travel with checkpoints and across devices.
         self.register_buffer("teacher_score", torch.tensor(float("nan")))
         self.register_buffer("last_score", torch.tensor(float("nan")))
@@ -166,9 +205,25 @@ class DFAD(LightningModule):
 
         Called once per iteration, in the generation stage; both outputs carry gradients back
         to the generator. The default applies the configured ``adversarial`` objective to
-        :meth:`discrepancy` (``-D`` or ``-log(1 + D)``).
+        :meth:`discrepancy` (``-D`` or ``-log(1 + D)``), plus the configured :meth:`priors`.
         """
-        return self._adversarial(self.discrepancy(student_out, teacher_out))
+        return self._adversarial(self.discrepancy(student_out, teacher_out)) + self.priors(teacher_out)
+
+    def priors(self, teacher_out: Tensor) -> Tensor:
+        """The weighted priors of the generator's loss on the teacher's outputs (0 when none is set).
+
+        Called by :meth:`generator_loss` right after the teacher's forward pass on the generated
+        batch, whose BatchNorm statistics :class:`~dfad_lightning.losses.BatchNormPrior` recorded.
+        """
+        w = self.prior_weights
+        total = torch.zeros((), device=teacher_out.device)
+        if w["balance"]:
+            total = total + w["balance"] * losses.class_balance(teacher_out)
+        if w["one_hot"]:
+            total = total + w["one_hot"] * losses.one_hot(teacher_out)
+        if self.bn_prior is not None:
+            total = total + w["bn_prior"] * self.bn_prior.loss().to(teacher_out.device)
+        return total
 
     def fidelity(self, student_out: Tensor, teacher_out: Tensor) -> dict[str, Tensor]:
         """How closely the student follows the teacher on one batch of data-free probes.
@@ -211,7 +266,7 @@ class DFAD(LightningModule):
         student_losses = []
         for z_i in z[:-1]:
             with torch.no_grad():
-                x = self.synthesize(z_i)
+                x = self._replayed(self.synthesize(z_i))  # plus past samples, if replay is on
                 teacher_out = self.teacher(x)
             loss_s = self.discrepancy(self.student(x), teacher_out)
             student_losses.append(loss_s.detach())
@@ -236,11 +291,48 @@ class DFAD(LightningModule):
                     self.manual_backward(loss_g)
                     opt_g.step()
 
+        if self.student_ema is not None:  # after both stages: the student's BatchNorm statistics moved in both
+            self.student_ema.update_parameters(self.student)
+
         if self.nonfinite == "stop":
             self._stop_if_nonfinite(torch.stack(student_losses), loss_g.detach())
         self.log_dict({"train/loss_student": loss_s.detach(), "train/loss_generator": loss_g.detach()}, prog_bar=True)
         if self.nonfinite == "skip":
             self.log("train/skipped_steps", self.skipped_steps.float())
+
+    def _replayed(self, x: Tensor) -> Tensor:
+        """``x`` with ``replay_fraction * len(x)`` past samples appended; ``x`` itself is then remembered."""
+        if not self.replay_size:
+            return x
+        if self.memory is None:
+            self.memory = ReplayMemory(self.replay_size, tuple(x.shape[1:])).to(x.device)
+        past = self.memory.sample(max(1, round(self.replay_fraction * len(x)))) if self.memory.seen else None
+        self.memory.push(x)
+        return x if past is None else torch.cat([x, past.to(x.dtype)])
+
+    @staticmethod
+    def _average(student: nn.Module, decay: float) -> AveragedModel:
+        """A frozen copy of the student that follows its weights and buffers as a warmed-up EMA."""
+
+        @torch.no_grad()
+        def ema(averaged: list[Tensor], current: list[Tensor], updates: Tensor) -> None:
+            n = float(updates)
+            weight = 1.0 - min(decay, (1.0 + n) / (10.0 + n))
+            if averaged[0].is_floating_point():
+                torch._foreach_lerp_(averaged, current, weight)
+            else:  # BatchNorm's batch counters: follow the student
+                torch._foreach_copy_(averaged, current)
+
+        average = AveragedModel(student, multi_avg_fn=ema, use_buffers=True)
+        return average.requires_grad_(False)
+
+    @property
+    def final_student(self) -> nn.Module:
+        """The student a run delivers: the moving average of its weights if ``ema_decay`` is set, else itself.
+
+        It is the one evaluated, probed by the data-free signal, written to ``student.pt`` and exported.
+        """
+        return self.student if self.student_ema is None else self.student_ema.module
 
     def _skip(self, loss: Tensor) -> bool:
         """In ``nonfinite="skip"`` mode, whether to skip this step (and count it)."""
@@ -304,8 +396,8 @@ class DFAD(LightningModule):
     # ----------------------------------------------------------------------------------------
 
     def forward(self, x: Tensor) -> Tensor:
-        """The student's outputs."""
-        out: Tensor = self.student(x)
+        """The outputs of the student the run delivers (:attr:`final_student`)."""
+        out: Tensor = self.final_student(x)
         return out
 
     @property
@@ -320,7 +412,7 @@ class DFAD(LightningModule):
     def validation_step(self, batch: tuple[Tensor, Tensor], batch_idx: int) -> None:
         """Update the evaluation metric with one real batch ``(x, target)``."""
         x, target = batch
-        self.student_metric.update(self.student(x), target)
+        self.student_metric.update(self.final_student(x), target)
         if self._measure_teacher:
             self.teacher_metric.update(self.teacher(x), target)
 
@@ -361,8 +453,9 @@ class DFAD(LightningModule):
     def setup(self, stage: str) -> None:
         """Set the memory format of the networks before their optimizers are built."""
         if self.channels_last:
-            for net in (self.teacher, self.student, self.generator):
-                net.to(memory_format=torch.channels_last)
+            for net in (self.teacher, self.student, self.generator, self.student_ema):
+                if net is not None:
+                    net.to(memory_format=torch.channels_last)
         # Lightning warns about modules in eval mode at the start of training: the frozen teacher
         # is one on purpose.
         warnings.filterwarnings("ignore", message=r"Found \d+ module\(s\) in eval mode", category=PossibleUserWarning)
@@ -398,3 +491,5 @@ class DFAD(LightningModule):
         state = checkpoint["state_dict"]
         for key, value in self.teacher.state_dict(prefix="teacher.").items():
             state.setdefault(key, value)
+        if self.replay_size and self.memory is None and "memory.samples" in state:
+            self.memory = ReplayMemory(self.replay_size, tuple(state["memory.samples"].shape[1:])).to(self.device)

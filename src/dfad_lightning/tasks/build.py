@@ -40,6 +40,17 @@ def check_config(cfg: DictConfig) -> None:
         lr = cfg.system[key].get("lr")
         if lr is not None and lr < 0:
             raise ConfigError(f"system.{key}.lr", f"must not be negative, got {lr}")
+    system = cfg.system
+    decay = system.get("ema_decay")
+    if decay is not None and not 0 <= decay < 1:
+        raise ConfigError("system.ema_decay", f"must be in [0, 1) (or null: no moving average), got {decay}")
+    if system.get("replay_size", 0) < 0:
+        raise ConfigError("system.replay_size", f"must be 0 (no replay) or more, got {system.replay_size}")
+    if system.get("replay_fraction", 1) <= 0:
+        raise ConfigError("system.replay_fraction", f"must be positive, got {system.replay_fraction}")
+    for key in ("balance", "one_hot", "bn_prior"):
+        if system.get(key, 0) < 0:
+            raise ConfigError(f"system.{key}", f"is the weight of a prior: 0 (off) or more, got {system[key]}")
 
 
 def build_network(node: DictConfig, key: str) -> nn.Module:

@@ -58,7 +58,7 @@ def distill(cfg: DictConfig) -> dict[str, Any]:
     if not trainer.is_global_zero:
         return {}
 
-    save_atomic(student.state_dict(), out / STUDENT_FILE)
+    save_atomic(system.final_student.state_dict(), out / STUDENT_FILE)
     results = summarize(cfg, system, trainer, out, teacher_file, wall_time=time.perf_counter() - start)
     write_json_atomic(results, out / RESULTS)
     print(report(results))
@@ -114,7 +114,16 @@ def datafree_summary(trainer: Trainer) -> dict[str, Any] | None:
         "selected_epoch": selected["epoch"] if selected else None,
         "selected_real_score": selected["real"] if selected else None,
         "selected_checkpoint": keep.best_model_path or None if keep is not None else None,
+        "warnings": probe.warnings(),
     }
+
+
+# What to try when the data-free signal says the student is not following the teacher.
+ADVICE = (
+    "try method=robust (the recipe measured in the README) if this run did not use it, a lower generator "
+    "LR (system.generator_optimizer.lr), more iterations (trainer.max_epochs), or keep the student the "
+    "signal selected (data-free selection above)"
+)
 
 
 def report(results: dict[str, Any]) -> str:
@@ -128,6 +137,8 @@ def report(results: dict[str, Any]) -> str:
             f"  data-free teacher/student agreement on the run's own probes: {signal['agreement']:.4f}\n"
             f"  data-free selection: epoch {datafree['selected_epoch']}, {datafree['selected_checkpoint']}\n"
         )
+    for warning in datafree.get("warnings", []):
+        lines += f"  WARNING: {warning};\n    {ADVICE}\n"
     if not results["real_data"]:
         return (
             f"\nDFAD on {results['dataset']} ({results['iterations']} iterations, {results['wall_time_s']:.1f} s)\n"

@@ -1,0 +1,215 @@
+"""The robustness panel: one recipe on several teachers and seeds, final and best side by side.
+
+A user brings a teacher we never saw and has no data to pick an epoch with, so what counts is
+the *final* student, on every teacher, without tuning. This script runs each method (the paper's
+DFAD, DAFL, every stabiliser alone, the recommended recipe) with the same hyperparameters on
+every setting of the panel, for several seeds, and reports per setting and per method: teacher,
+final and best student (best over training: selected on the test split, which a user cannot
+do), the best-minus-final gap, the standard deviation over seeds, and the wall time.
+
+Settings (CPU-sized: 300 iterations of batch 128, a narrow Generator-A, LeNet-5-Half students):
+
+- ``digits``: the embedded digits, LeNet-5 teacher (trained on the fly);
+- ``mnist``: MNIST, LeNet-5 teacher (``task=teacher``, ~1 min);
+- ``mnist_bn``: MNIST, a CIFAR ResNet-8 teacher with BatchNorm throughout (~5 min to train);
+- ``cifar10``: a harder natural-image setting: a copy of the CIFAR-10 *test* images as class
+  folders, split per class (seeded, saved) into 8,000 images that train a LeNet-5 colour teacher
+  and 2,000 held out to evaluate.
+
+Teachers are trained once into ``OUT/teachers``; runs go to ``OUT/runs/<setting>/<method>/seed<N>``
+and a finished run is never run again, so an interrupted panel resumes where it stopped. Jobs run
+``--jobs`` at a time, each with its share of the CPU threads (results of one seed depend on the
+thread count: keep it the same when comparing).
+
+Usage (from the repository root; the full panel is ~100 runs, about 3 hours on 2 CPU cores):
+
+    python benchmarks/panel.py --data-dir DATA            # DATA/mnist, DATA/cifar10/test
+    python benchmarks/panel.py --data-dir DATA --settings digits mnist --methods dfad robust --seeds 0
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import subprocess
+import sys
+import time
+from collections import defaultdict
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+from statistics import fmean, stdev
+from typing import Any
+
+ROOT = Path(__file__).resolve().parents[1]
+
+# The panel's size: the same for every setting and method.
+SIZE = [
+    "data.batch_size=128",
+    "generator.ngf=16",
+    "data.iterations_per_epoch=50",
+    "trainer.max_epochs=6",
+    "system.channels_last=true",
+]
+
+CIFAR = [
+    "dataset=split_folder",
+    "dataset.root={data}/cifar10/test",
+    "dataset.num_classes=10",
+    "dataset.image_size=[32,32]",
+    "dataset.mean=[0.4914,0.4822,0.4465]",
+    "dataset.std=[0.2470,0.2435,0.2616]",
+    "dataset.split_file={out}/cifar10-split.json",
+]
+
+# name -> (the dataset and teacher, or None where the teacher trains on the fly).
+SETTINGS: dict[str, list[str]] = {
+    "digits": ["dataset=digits"],
+    "mnist": ["dataset=mnist", "paths.data_dir={data}"],
+    "mnist_bn": ["dataset=mnist", "paths.data_dir={data}", "teacher=cifar_resnet8"],
+    "cifar10": CIFAR,
+}
+TRAINS_ITS_TEACHER = {"digits"}
+
+# The paper's hyperparameters for small networks (its MNIST row), shared by every method that
+# does not bring its own: student SGD 0.01 (momentum 0.9), generator Adam 1e-3, constant rates.
+PAPER = ["system.student_optimizer.lr=0.01", "system.student_optimizer.weight_decay=1e-4",
+         "system.generator_optimizer.lr=1e-3", "schedule=constant"]  # fmt: skip
+
+METHODS: dict[str, list[str]] = {
+    "dfad": ["method=dfad", *PAPER],
+    "dafl": ["method=dafl", *PAPER],
+    "ema": ["method=dfad", *PAPER, "system.ema_decay=0.99"],
+    "replay": ["method=dfad", *PAPER, "system.replay_size=4096"],
+    "balance": ["method=dfad", *PAPER, "system.balance=1"],
+    "bn_prior": ["method=dfad", *PAPER, "system.bn_prior=1"],
+    "cosine": ["method=dfad", *PAPER, "schedule=cosine"],
+    "generator_lr_1e-4": ["method=dfad", *PAPER, "system.generator_optimizer.lr=1e-4"],
+    "robust": ["method=robust"],
+}
+
+
+def command(overrides: list[str], run_dir: Path, data: Path, out: Path) -> list[str]:
+    """The ``train.py`` command of one run."""
+    filled = [o.format(data=data, out=out) for o in overrides]
+    return [sys.executable, "train.py", *filled, f"hydra.run.dir={run_dir}", "trainer.enable_progress_bar=false"]
+
+
+def execute(cmd: list[str], log: Path, threads: int) -> None:
+    """Run one command with ``threads`` CPU threads, its output in ``log``; fail loudly."""
+    log.parent.mkdir(parents=True, exist_ok=True)
+    env = {**os.environ, "OMP_NUM_THREADS": str(threads), "PYTHONWARNINGS": "ignore"}
+    with open(log, "w") as f:
+        done = subprocess.run(cmd, cwd=ROOT, env=env, stdout=f, stderr=subprocess.STDOUT)
+    if done.returncode != 0:
+        raise RuntimeError(f"failed ({done.returncode}): {' '.join(cmd[1:])}; see {log}")
+
+
+def teacher_overrides(setting: str, data: Path, out: Path, threads: int) -> list[str]:
+    """Train the setting's teacher once (``task=teacher``) and return what loads it."""
+    if setting in TRAINS_ITS_TEACHER:
+        return []
+    run_dir = out / "teachers" / setting
+    if not (run_dir / "results.json").exists():
+        print(f"training the {setting} teacher", flush=True)
+        cmd = command([*SETTINGS[setting], "task=teacher"], run_dir, data, out)
+        execute(cmd, run_dir.with_suffix(".log"), threads)
+    return [f"teacher.checkpoint={run_dir / 'teacher.pt'}"]
+
+
+def run_panel(args: argparse.Namespace) -> None:
+    """Train the teachers, then every (setting, method, seed) not yet finished, ``--jobs`` at a time."""
+    data, out = args.data_dir.resolve(), args.out.resolve()
+    threads = max(1, (os.cpu_count() or 1) // args.jobs)
+    jobs = []
+    for setting in args.settings:
+        teacher = teacher_overrides(setting, data, out, max(1, os.cpu_count() or 1))
+        for method in args.methods:
+            for seed in args.seeds:
+                run_dir = out / "runs" / setting / method / f"seed{seed}"
+                if not (run_dir / "results.json").exists():
+                    overrides = [*SETTINGS[setting], *teacher, *SIZE, *METHODS[method], f"seed={seed}"]
+                    jobs.append((command(overrides, run_dir, data, out), run_dir.with_suffix(".log")))
+    print(f"{len(jobs)} runs to do, {args.jobs} at a time with {threads} thread(s) each", flush=True)
+    start = time.monotonic()
+    with ThreadPoolExecutor(args.jobs) as pool:
+        for i, _ in enumerate(pool.map(lambda job: execute(*job, threads), jobs), 1):
+            print(f"  {i}/{len(jobs)} done ({time.monotonic() - start:.0f} s)", flush=True)
+
+
+def results(out: Path, settings: list[str], methods: list[str]) -> dict[tuple[str, str], list[dict[str, Any]]]:
+    """The ``results.json`` of every finished run, by (setting, method)."""
+    found: dict[tuple[str, str], list[dict[str, Any]]] = defaultdict(list)
+    for setting in settings:
+        for method in methods:
+            for file in sorted((out / "runs" / setting / method).glob("seed*/results.json")):
+                found[setting, method].append(json.loads(file.read_text()))
+    return found
+
+
+def _ms(values: list[float]) -> str:
+    return f"{fmean(values):.4f} +- {stdev(values) if len(values) > 1 else 0.0:.4f}"
+
+
+def report(out: Path, settings: list[str], methods: list[str]) -> str:
+    """The panel's tables in Markdown: per setting and method, then per method over the panel."""
+    found = results(out, settings, methods)
+    lines = ["| setting | method | seeds | teacher | student, final | student, best over training | "
+             "best - final | final / teacher | wall time (s) |", "|" + "---|" * 9]  # fmt: skip
+    summary: dict[str, dict[str, list[float]]] = defaultdict(lambda: defaultdict(list))
+    for setting in settings:
+        for method in methods:
+            runs = found.get((setting, method))
+            if not runs:
+                continue
+            teacher = fmean(r["teacher"] for r in runs)
+            final = [r["student"]["final"] for r in runs]
+            best = [r["student"]["best"] for r in runs]
+            gap = [b - f for b, f in zip(best, final, strict=True)]
+            time_s = fmean(r["wall_time_s"] for r in runs)
+            lines.append(
+                f"| {setting} | {method} | {len(runs)} | {teacher:.4f} | {_ms(final)} | {_ms(best)} | "
+                f"{fmean(gap):.4f} | {fmean(final) / teacher:.3f} | {time_s:.0f} |"
+            )
+            entry = summary[method]
+            entry["ratio_final"].append(fmean(final) / teacher)
+            entry["ratio_best"].append(fmean(best) / teacher)
+            entry["gap"].append(fmean(gap))
+            entry["std"].append(stdev(final) if len(final) > 1 else 0.0)
+            entry["worst_ratio"].append(min(final) / teacher)
+            entry["time"].append(time_s)
+    lines += ["", "Per method, over the settings it ran on (means of the per-setting values):", "",
+              "| method | settings | final / teacher | best / teacher | best - final | std over seeds | "
+              "worst seed's final / teacher | wall time (s) |", "|" + "---|" * 8]  # fmt: skip
+    for method in methods:
+        if method not in summary:
+            continue
+        e = summary[method]
+        lines.append(
+            f"| {method} | {len(e['gap'])} | {fmean(e['ratio_final']):.3f} | {fmean(e['ratio_best']):.3f} | "
+            f"{fmean(e['gap']):.4f} | {fmean(e['std']):.4f} | {min(e['worst_ratio']):.3f} | {fmean(e['time']):.0f} |"
+        )
+    return "\n".join(lines) + "\n"
+
+
+def main() -> None:
+    """Run the panel (what is not done yet), then print and save its tables."""
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--data-dir", type=Path, required=True, help="holds mnist/ and cifar10/test/")
+    parser.add_argument("--out", type=Path, default=ROOT / "outputs" / "panel", help="teachers, runs and tables")
+    parser.add_argument("--settings", nargs="+", default=list(SETTINGS), choices=list(SETTINGS))
+    parser.add_argument("--methods", nargs="+", default=list(METHODS), choices=list(METHODS))
+    parser.add_argument("--seeds", nargs="+", type=int, default=[0, 1, 2])
+    parser.add_argument("--jobs", type=int, default=2, help="runs at a time (each gets cores / jobs threads)")
+    parser.add_argument("--report-only", action="store_true", help="only tabulate the runs already finished")
+    args = parser.parse_args()
+    if not args.report_only:
+        run_panel(args)
+    text = report(args.out.resolve(), args.settings, args.methods)
+    (args.out / "panel.md").write_text(text)
+    print(text, end="")
+    print(f"written to {args.out / 'panel.md'}")
+
+
+if __name__ == "__main__":
+    main()

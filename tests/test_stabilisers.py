@@ -1,0 +1,218 @@
+"""The stabilisers of the shared loop: each changes what it should, and nothing else."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from test_dfad import K, fit, make_system, same, snapshot
+from torch import nn
+
+from dfad_lightning import losses
+from dfad_lightning.systems import DAFL, DFAD
+from dfad_lightning.systems.memory import ReplayMemory
+from dfad_lightning.tasks import run
+
+# ---------------------------------------------------------------------------------------------
+# Moving average of the student
+# ---------------------------------------------------------------------------------------------
+
+
+def test_the_average_follows_the_student_and_is_what_a_run_delivers(tmp_path):
+    system = make_system(ema_decay=0.5)
+    assert system.final_student is system.student_ema.module
+    fit(system, tmp_path, epochs=1)
+    averaged, trained = snapshot(system.final_student), snapshot(system.student)
+    assert averaged.keys() == trained.keys() and not same(averaged, trained)
+    assert int(system.student_ema.n_averaged) == 4  # once per iteration
+    assert not any(p.requires_grad for p in system.student_ema.parameters())
+    x = torch.randn(4, 1, 32, 32)
+    system.eval()
+    assert torch.equal(system(x), system.final_student(x))  # evaluated, probed and exported: the average
+
+
+def test_the_average_is_a_warmed_up_exponential_average():
+    student = nn.Linear(1, 1, bias=False)
+    average = DFAD._average(student, decay=0.9)
+    seen = []
+    for value in (1.0, 2.0, 3.0):
+        student.weight.data.fill_(value)
+        average.update_parameters(student)
+        seen.append(float(average.module.weight))
+    # First update copies; then decay min(0.9, (1 + n) / (10 + n)): 2/11 then 3/12 of the old value.
+    assert seen[0] == 1.0
+    assert seen[1] == pytest.approx(2 / 11 * 1.0 + 9 / 11 * 2.0)
+    assert seen[2] == pytest.approx(3 / 12 * seen[1] + 9 / 12 * 3.0)
+
+
+def test_without_average_the_student_is_delivered(tmp_path):
+    system = make_system()
+    assert system.student_ema is None and system.final_student is system.student
+
+
+def test_student_pt_holds_the_averaged_weights(make_cfg):
+    results = run(make_cfg("system.ema_decay=0.9"))
+    saved = torch.load(results["student_weights"], weights_only=True)
+    checkpoint = torch.load(results["output_dir"] + "/checkpoints/last.ckpt", weights_only=True)["state_dict"]
+    averaged = {k.removeprefix("student_ema.module."): v for k, v in checkpoint.items() if "student_ema.module." in k}
+    raw = {k.removeprefix("student."): v for k, v in checkpoint.items() if k.startswith("student.")}
+    assert same(saved, averaged) and not same(saved, raw)
+
+
+# ---------------------------------------------------------------------------------------------
+# Replay memory
+# ---------------------------------------------------------------------------------------------
+
+
+def test_the_memory_keeps_a_uniform_sample_of_everything_pushed():
+    memory = ReplayMemory(100, (1,))
+    for start in range(0, 10_000, 50):
+        memory.push(torch.arange(start, start + 50, dtype=torch.float32).view(50, 1))
+    assert memory.seen == 10_000 and len(memory) == 100
+    kept = memory.samples.flatten()
+    assert len(kept.unique()) == 100  # no sample twice
+    # Uniform over the history: about a tenth from each tenth of the stream (binomial, n=100, p=0.1).
+    per_tenth = torch.bincount((kept // 1000).long(), minlength=10)
+    assert per_tenth.max() <= 25 and kept.mean().item() == pytest.approx(5000, rel=0.3)
+
+
+def test_the_memory_is_deterministic_and_travels_in_the_state_dict():
+    a, b = ReplayMemory(8, (2,)), ReplayMemory(8, (2,))
+    for memory in (a, b):
+        for i in range(5):
+            memory.push(torch.full((4, 2), float(i)))
+    assert torch.equal(a.samples, b.samples) and torch.equal(a.sample(6), b.sample(6))
+    restored = ReplayMemory(8, (2,))
+    restored.load_state_dict(a.state_dict())
+    assert restored.seen == 20 and torch.equal(restored.samples, a.samples)
+    a.push(torch.ones(3, 2))
+    restored.push(torch.ones(3, 2))
+    assert torch.equal(a.samples, restored.samples)
+
+
+def test_an_empty_memory_cannot_be_sampled():
+    with pytest.raises(RuntimeError, match="empty"):
+        ReplayMemory(4, (1,)).sample(1)
+
+
+class SeesInputs(DFAD):
+    """Records the batch size of every student step."""
+
+    def __init__(self, *args, **kwargs):
+        super().__init__(*args, **kwargs)
+        self.sizes: list[int] = []
+
+    def discrepancy(self, student_out, teacher_out):
+        if torch.is_grad_enabled() and not teacher_out.requires_grad:  # a student step
+            self.sizes.append(len(student_out))
+        return super().discrepancy(student_out, teacher_out)
+
+
+def test_student_steps_add_past_samples_after_the_first(tmp_path):
+    system = make_system(cls=SeesInputs, replay_size=32, replay_fraction=0.5)
+    fit(system, tmp_path, epochs=1)
+    assert system.sizes[0] == 8 and set(system.sizes[1:]) == {12}  # batch 8, plus 4 from the memory
+    assert system.memory is not None and system.memory.seen == 4 * K * 8
+    state = system.state_dict()
+    assert "memory.samples" in state and state["memory._extra_state"] == {"seen": 4 * K * 8}
+    restored = make_system(replay_size=32)
+    restored.on_load_checkpoint({"state_dict": state})  # makes the memory the checkpoint holds
+    restored.load_state_dict(state)
+    assert restored.memory is not None and torch.equal(restored.memory.samples, system.memory.samples)
+
+
+# ---------------------------------------------------------------------------------------------
+# Priors in the generator's loss
+# ---------------------------------------------------------------------------------------------
+
+
+def test_class_balance_is_zero_for_balanced_batches_and_grows_with_imbalance():
+    balanced = torch.eye(10) * 20
+    one_class = torch.zeros(10, 10)
+    one_class[:, 3] = 20
+    assert float(losses.class_balance(balanced)) == pytest.approx(0.0, abs=1e-6)
+    assert float(losses.class_balance(one_class)) == pytest.approx(torch.log(torch.tensor(10.0)).item(), abs=1e-4)
+    dense = torch.zeros(2, 3, 4, 4)  # segmentation: classes in dimension 1
+    assert float(losses.class_balance(dense)) == pytest.approx(0.0, abs=1e-6)
+
+
+def test_the_batchnorm_prior_records_only_passes_with_gradients():
+    net = nn.Sequential(nn.Conv2d(1, 4, 3), nn.BatchNorm2d(4), nn.ReLU(), nn.Conv2d(4, 4, 3), nn.BatchNorm2d(4)).eval()
+    prior = losses.BatchNormPrior(net)
+    assert len(prior) == 2
+    with torch.no_grad():
+        net(torch.randn(8, 1, 8, 8))
+    assert float(prior.loss()) == 0.0  # nothing recorded without gradients
+    x = torch.randn(8, 1, 8, 8, requires_grad=True)
+    net(x)
+    loss = prior.loss()
+    loss.backward()
+    assert float(loss.detach()) > 0 and x.grad is not None and x.grad.abs().sum() > 0
+    assert float(prior.loss()) == 0.0  # consumed
+
+
+def test_the_batchnorm_prior_is_zero_on_data_with_the_layers_statistics():
+    bn = nn.BatchNorm2d(2).eval()
+    bn.running_mean.fill_(1.0)
+    bn.running_var.fill_(4.0)
+    prior = losses.BatchNormPrior(bn)
+    torch.manual_seed(0)
+    x = (torch.randn(512, 2, 16, 16) * 2 + 1).requires_grad_()
+    bn(x)
+    assert float(prior.loss()) < 0.05
+    bn(torch.randn(512, 2, 16, 16, requires_grad=True))
+    assert float(prior.loss()) > 2.0
+
+
+def test_priors_add_to_the_generators_loss_and_only_there():
+    plain, primed = make_system(), make_system(balance=2.0, one_hot=0.5)
+    x = plain.generator(torch.randn(8, 16))
+    s, t = plain.student(x), plain.teacher(x)
+    expected = losses.negative(losses.mae(s, t)) + 2.0 * losses.class_balance(t) + 0.5 * losses.one_hot(t)
+    assert torch.allclose(primed.generator_loss(s, t), expected)
+    assert torch.equal(primed.discrepancy(s, t), plain.discrepancy(s, t))  # the student's loss is the paper's
+    assert torch.equal(plain.generator_loss(s, t), losses.negative(losses.mae(s, t)))
+
+
+def test_the_batchnorm_prior_shapes_the_generators_gradient(tmp_path):
+    from dfad_lightning.networks import GeneratorA, cifar_resnet, lenet5_half
+
+    def build(bn_prior):
+        torch.manual_seed(0)
+        return DFAD(
+            cifar_resnet(8, 1, 10).eval(), lenet5_half(1, 10), GeneratorA(16, 1, 32, 8),
+            make_system().student_metric, "acc", bn_prior=bn_prior,
+        )  # fmt: skip
+
+    grads = []
+    for weight in (0.0, 1.0):
+        system = build(weight)
+        x = system.generator(torch.randn(8, 16))
+        system.generator_loss(system.student(x), system.teacher(x)).backward()
+        grads.append(system.generator.project.weight.grad.clone())
+    assert not torch.allclose(grads[0], grads[1])
+    assert build(1.0).bn_prior is not None and len(build(1.0).bn_prior) == 7
+
+
+def test_dafl_is_the_priors_plus_its_activation_loss():
+    system = make_system(cls=DAFL)
+    assert system.prior_weights == {"balance": 5.0, "one_hot": 1.0, "bn_prior": 0.0}
+    x = system.generator(torch.randn(8, 16))
+    t = system.teacher(x)
+    features = system._features
+    expected = 5.0 * losses.class_balance(t) + losses.one_hot(t) - 0.1 * features.abs().mean()
+    assert torch.allclose(system.generator_loss(system.student(x), t), expected)
+
+
+@pytest.mark.parametrize(
+    "option", ["system.ema_decay=0.9", "system.replay_size=64", "system.balance=1", "system.one_hot=1"]
+)
+def test_each_stabiliser_runs_through_the_config(make_cfg, option):
+    results = run(make_cfg(option))
+    assert results["student"]["final"] is not None
+
+
+def test_bad_stabiliser_values_are_refused():
+    with pytest.raises(ValueError, match="ema_decay"):
+        make_system(ema_decay=1.0)
+    with pytest.raises(ValueError, match="replay_size"):
+        make_system(replay_size=-1)

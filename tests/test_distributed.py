@@ -15,9 +15,9 @@ from test_dfad import make_datamodule, make_system
 from dfad_lightning.errors import ConfigError
 from dfad_lightning.tasks import run
 
+# Two processes on the CPU with the default trainer: only the number of devices is given, and
+# the strategy that works with the two-optimizer loop is chosen for it.
 DDP = [
-    "trainer=ddp",
-    "trainer.accelerator=cpu",
     "trainer.devices=2",
     "data.batch_size=16",
     "data.iterations_per_epoch=3",
@@ -60,6 +60,18 @@ def test_two_processes_draw_different_noise_and_end_with_the_same_weights(tmp_pa
         if name.endswith(("running_mean", "running_var")) and not sync_batchnorm:
             continue  # BatchNorm statistics are per process unless synchronised
         assert torch.equal(weight, other), name  # gradients were averaged: one student
+
+
+def test_a_plain_ddp_strategy_is_refused_and_the_automatic_one_is_chosen(make_cfg, tmp_path):
+    from lightning.pytorch.strategies import DDPStrategy
+
+    from dfad_lightning.tasks.build import build_trainer
+
+    with pytest.raises(ConfigError, match=r"^trainer\.strategy: ddp fails with DFAD's two optimizers"):
+        build_trainer(make_cfg("trainer.devices=2", "trainer.strategy=ddp"), tmp_path)
+    trainer = build_trainer(make_cfg("trainer.devices=3"), tmp_path)
+    assert isinstance(trainer.strategy, DDPStrategy) and trainer.strategy._ddp_kwargs == {"find_unused_parameters": True}
+    assert not isinstance(build_trainer(make_cfg(), tmp_path).strategy, DDPStrategy)  # one device: no DDP
 
 
 def test_sync_batchnorm_on_the_cpu_is_refused_naming_the_key(make_cfg):

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import logging
 import math
 import shutil
 
@@ -121,10 +122,47 @@ def digits_student(tmp_path_factory, cache_dir):
     return out / "student.pt"
 
 
+def tree(path):
+    return {p.relative_to(path): p.read_bytes() for p in sorted(path.rglob("*")) if p.is_file()}
+
+
+@pytest.mark.parametrize(
+    ("make_file", "message"),
+    [
+        (lambda run, f: f.write_text("not a checkpoint"), "is not a readable PyTorch checkpoint"),
+        (lambda run, f: shutil.copy(run / "student.pt", f), "is not a Lightning checkpoint"),
+        (lambda run, f: f.write_bytes((run / "checkpoints" / "last.ckpt").read_bytes()[:5000]), "not a readable"),
+        (
+            lambda run, f: torch.save(
+                {"state_dict": {"net.w": torch.zeros(1)}, "global_step": 3, "optimizer_states": [], "loops": {}}, f
+            ),
+            "is a checkpoint of another task: it has no weights for student, generator",
+        ),
+        (
+            lambda run, f: torch.save({"state_dict": {"student.w": torch.zeros(1)}, "global_step": 3}, f),
+            "holds weights only",
+        ),
+    ],
+    ids=["text", "bare-weights", "truncated", "other-task", "weights-only"],
+)
+def test_resuming_from_a_bad_file_names_ckpt_path_and_changes_nothing(
+    make_cfg, tmp_path, digits_student, make_file, message
+):
+    bad = tmp_path / "bad.ckpt"
+    make_file(digits_student.parent, bad)
+    killed = tmp_path / "killed"  # an unfinished run whose directory must survive the mistake
+    shutil.copytree(digits_student.parent / "checkpoints", killed / "checkpoints")
+    before = tree(killed)
+    with pytest.raises(ConfigError, match=rf"^ckpt_path: {bad}.*{message}"):
+        run(make_cfg(f"ckpt_path={bad}", output_dir=killed))
+    assert tree(killed) == before
+
+
 @pytest.mark.parametrize("setting", ["digits", "cifar"])
 def test_export_writes_state_dict_torchscript_and_onnx_that_match_the_module(
-    make_cfg, tmp_path, setting, digits_student
+    make_cfg, tmp_path, setting, digits_student, caplog
 ):
+    caplog.set_level(logging.INFO)  # as Hydra's logging shows it to users
     if setting == "digits":
         checkpoint, overrides = digits_student, []
     else:  # a network with BatchNorm and option-A shortcuts, on 3x32x32 inputs
@@ -136,6 +174,7 @@ def test_export_writes_state_dict_torchscript_and_onnx_that_match_the_module(
     for difference in results["max_abs_difference"].values():
         assert math.isfinite(difference) and difference <= 1e-4
     assert json.loads((tmp_path / "x" / "results.json").read_text())["task"] == "export"
+    assert not [r for r in caplog.records if r.name.startswith(("onnx_ir", "onnxscript"))]  # the exporter is quiet
 
 
 def test_export_needs_a_student(make_cfg):

@@ -106,10 +106,29 @@ def test_impossible_settings_fail_before_training_naming_the_key(make_cfg, overr
 def test_train_py_puts_everything_in_hydra_run_dir(tmp_path, cache_dir):
     out = tmp_path / "cli"
     env = {"DFAD_CACHE_DIR": str(cache_dir), "PATH": "/usr/bin:/bin"}
-    subprocess.run(
-        [sys.executable, "train.py", f"hydra.run.dir={out}", *TINY], cwd=ROOT, env=env, check=True, capture_output=True
+    done = subprocess.run(
+        [sys.executable, "train.py", f"hydra.run.dir={out}", *TINY],
+        cwd=ROOT,
+        env=env,
+        check=True,
+        capture_output=True,
+        text=True,
     )
     assert {"results.json", "student.pt", "csv", "checkpoints", "samples", ".hydra"} <= {p.name for p in out.iterdir()}
+    # Lightning's advertisement and its own deprecation warning are not shown to users.
+    assert "Tip:" not in done.stdout + done.stderr and "LeafSpec" not in done.stdout + done.stderr
+    assert "DFAD on digits" in done.stdout  # the report names the method that ran
+
+
+def test_the_teacher_hint_repeats_every_dataset_override(make_cfg):
+    from dfad_lightning.tasks.teacher import teacher_command_args
+
+    files = [f"dataset.files.{k}=/data/{k}.gz" for k in ("train_images", "train_labels", "test_images", "test_labels")]
+    cfg = make_cfg("dataset=idx", "dataset.num_classes=10", *files, "teacher.checkpoint=/t.pt", "teacher.mean=[0.2]")
+    args = teacher_command_args(cfg).split()
+    assert args[0] == "dataset=idx" and "dataset.num_classes=10" in args and set(files) <= set(args)
+    assert "teacher.mean=[0.2]" in args  # the teacher's normalisation decides its training too
+    assert not any(a.startswith(("data.", "trainer.", "teacher.checkpoint", "teacher.training")) for a in args)
 
 
 def test_train_py_reports_a_user_error_in_one_line_without_traceback(tmp_path, cache_dir):

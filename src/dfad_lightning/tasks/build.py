@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import contextlib
+import logging
+import warnings
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any, cast
@@ -12,6 +14,7 @@ from hydra.errors import InstantiationException
 from hydra.utils import instantiate
 from lightning import Callback, Trainer
 from lightning.fabric.utilities.exceptions import MisconfigurationException
+from lightning.pytorch.strategies import DDPStrategy
 from omegaconf import DictConfig, OmegaConf
 from torch import nn
 from torchmetrics import Metric
@@ -20,6 +23,11 @@ from dfad_lightning.data import DFADDataModule, SupervisedDataModule
 from dfad_lightning.errors import ConfigError
 from dfad_lightning.networks.generators import as_size
 from dfad_lightning.systems import DFAD, Supervised
+
+# Two messages of Lightning that are not the user's to act on: an advertisement at every Trainer
+# start, and a deprecation inside Lightning 2.6 that torch 2.14 reports at every fit.
+logging.getLogger("lightning.pytorch.utilities.rank_zero").addFilter(lambda r: "Tip: " not in r.getMessage())
+warnings.filterwarnings("ignore", message=r"`isinstance\(treespec, LeafSpec\)` is deprecated", category=FutureWarning)
 
 
 def check_config(cfg: DictConfig) -> None:
@@ -140,6 +148,21 @@ def build_trainer(cfg: DictConfig, out: Path, **overrides: Any) -> Trainer:
     if "logger" not in overrides:
         kwargs["logger"] = instantiate(cfg.logger) if cfg.get("logger") else False
     kwargs.update(overrides)
+    trainer = _instantiate_trainer(cfg, kwargs)
+    if _plain_ddp(trainer):
+        if str(cfg.trainer.get("strategy", "auto")) != "auto":
+            raise ConfigError(
+                "trainer.strategy",
+                f"{cfg.trainer.strategy} fails with DFAD's two optimizers (each stage leaves one network without "
+                "gradients); use ddp_find_unused_parameters_true, or leave it out: it is then chosen for you",
+            )
+        # Several devices or nodes with the automatic strategy: Lightning picks plain DDP, which
+        # fails at the first step here; its find-unused-parameters variant averages every step.
+        trainer = _instantiate_trainer(cfg, {**kwargs, "strategy": "ddp_find_unused_parameters_true"})
+    return trainer
+
+
+def _instantiate_trainer(cfg: DictConfig, kwargs: dict[str, Any]) -> Trainer:
     try:
         return cast(Trainer, instantiate(cfg.trainer, **kwargs))
     except InstantiationException as err:
@@ -148,6 +171,12 @@ def build_trainer(cfg: DictConfig, out: Path, **overrides: Any) -> Trainer:
             key = "trainer.precision" if "precision" in str(cause) else "trainer"
             raise ConfigError(key, f"{cause} (this machine cannot run it; e.g. trainer=cpu)") from err
         raise
+
+
+def _plain_ddp(trainer: Trainer) -> bool:
+    """Whether the trainer runs DDP without looking for unused parameters (which DFAD's stages need)."""
+    strategy = trainer.strategy
+    return isinstance(strategy, DDPStrategy) and not getattr(strategy, "_ddp_kwargs", {}).get("find_unused_parameters")
 
 
 def check_precision(cfg: DictConfig) -> None:

@@ -39,8 +39,8 @@ def distill(cfg: DictConfig) -> dict[str, Any]:
     """
     start = time.perf_counter()
     check_config(cfg)
+    ckpt_path = resolve_ckpt_path(cfg, Path(cfg.paths.output_dir).resolve(), ("student", "generator"))  # reads only
     out = prepare_output_dir(cfg)
-    ckpt_path = resolve_ckpt_path(cfg, out)
     teacher, teacher_file = load_teacher(cfg)
     # Seed after the teacher is ready, so a run is the same whether its teacher was cached or trained.
     L.seed_everything(cfg.seed, workers=True)
@@ -73,6 +73,7 @@ def summarize(
     samples = next((cb.last_path for cb in trainer.callbacks if isinstance(cb, SampleGrid | MaskGrid)), None)  # type: ignore[attr-defined]
     results: dict[str, Any] = {
         "task": "distill",
+        "method": str(cfg.get("method", {}).get("name", "DFAD")),
         "dataset": cfg.dataset.name,
         "metric": cfg.dataset.metric_name,
         "teacher": teacher,
@@ -141,14 +142,14 @@ def report(results: dict[str, Any]) -> str:
         lines += f"  WARNING: {warning};\n    {ADVICE}\n"
     if not results["real_data"]:
         return (
-            f"\nDFAD on {results['dataset']} ({results['iterations']} iterations, {results['wall_time_s']:.1f} s)\n"
+            f"\n{results['method']} on {results['dataset']} ({results['iterations']} iterations, {results['wall_time_s']:.1f} s)\n"
             "  No real data was used to evaluate: the dataset has no evaluation split, so the student is\n"
             "  judged only by the data-free signal below, not by a real metric.\n"
             f"{lines}"
             f"  outputs: {results['output_dir']}  ({RESULTS}, {STUDENT_FILE}, checkpoints/, probes/, samples/, csv/)"
         )
     return (
-        f"\nDFAD on {results['dataset']} ({results['iterations']} iterations, {results['wall_time_s']:.1f} s)\n"
+        f"\n{results['method']} on {results['dataset']} ({results['iterations']} iterations, {results['wall_time_s']:.1f} s)\n"
         f"  teacher {name}:                       {results['teacher']:.4f}\n"
         f"  student {name}, final:                {student['final']:.4f}\n"
         f"  student {name}, best over training:   {student['best']:.4f} (epoch {student['best_epoch']})\n"

@@ -120,6 +120,9 @@ def export_torchscript(net: nn.Module, example: Tensor, path: Path) -> None:
 
 def export_onnx(net: nn.Module, example: Tensor, path: Path) -> None:
     """Export ``net`` to ONNX with a free batch dimension."""
+    # The exporter's graph passes log every step at INFO ("No unused functions to remove").
+    for name in ("onnx_ir", "onnxscript"):
+        logging.getLogger(name).setLevel(logging.WARNING)
     try:
         program = torch.onnx.export(net, (example,), dynamic_shapes=_dynamic_batch(), verbose=False)
     except ImportError as err:  # torch's exporter needs onnx and onnxscript

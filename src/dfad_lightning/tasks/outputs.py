@@ -52,26 +52,65 @@ def latest_checkpoint(out: Path) -> Path | None:
     return max(candidates, key=lambda p: p.stat().st_mtime) if candidates else None
 
 
-def resolve_ckpt_path(cfg: DictConfig, out: Path) -> Path | None:
-    """The checkpoint to resume from.
+def resolve_ckpt_path(cfg: DictConfig, out: Path, networks: tuple[str, ...]) -> Path | None:
+    """The checkpoint to resume from, checked to be a Lightning checkpoint of this task.
 
     ``ckpt_path=last``: this run directory's last checkpoint; ``auto``: the newest checkpoint of
     this directory if there is one, else a fresh start (for jobs that a cluster requeues with
     the same command); anything else: a path.
 
+    Args:
+        cfg: The run's config.
+        out: The run directory.
+        networks: Attribute names of the task's trained networks (``student``, ``generator``):
+            a checkpoint of this task holds weights under each.
+
     Raises:
-        ConfigError: There is no such checkpoint.
+        ConfigError: There is no such checkpoint, or the file is not one of this task.
     """
     value = cfg.get("ckpt_path")
     if value is None:
         return None
     if value == "auto":
-        return latest_checkpoint(out)
+        path = latest_checkpoint(out)
+        return None if path is None else check_resumable(path, networks)
     path = latest_checkpoint(out) if value == "last" else Path(str(value)).expanduser()
     if path is None:
         raise ConfigError("ckpt_path", f"no checkpoint to resume in {out / LAST_CHECKPOINT.parent}")
     if not path.is_file():
         raise ConfigError("ckpt_path", f"no checkpoint at {path}")
+    return check_resumable(path, networks)
+
+
+def check_resumable(path: Path, networks: tuple[str, ...]) -> Path:
+    """Return ``path`` if it is a full Lightning checkpoint of a task training ``networks``.
+
+    Read only, before anything is written: a file that is not a checkpoint (or is cut short), a
+    network's bare weights, a weights-only checkpoint or another task's are refused.
+
+    Raises:
+        ConfigError: Naming ``ckpt_path`` and what the file is.
+    """
+    import torch
+
+    try:
+        checkpoint = torch.load(path, map_location="cpu", weights_only=False)
+    except Exception as err:  # pickle, zip and EOF errors alike: not a readable checkpoint
+        raise ConfigError("ckpt_path", f"{path} is not a readable PyTorch checkpoint ({type(err).__name__})") from None
+    if not isinstance(checkpoint, dict) or "state_dict" not in checkpoint or "global_step" not in checkpoint:
+        raise ConfigError(
+            "ckpt_path", f"{path} is not a Lightning checkpoint (bare weights?); resume from a run's checkpoints/last.ckpt"
+        )
+    if "optimizer_states" not in checkpoint or "loops" not in checkpoint:
+        raise ConfigError("ckpt_path", f"{path} holds weights only (no optimizer or loop state): it cannot be resumed")
+    keys = checkpoint["state_dict"]
+    missing = [n for n in networks if not any(str(k).startswith(f"{n}.") for k in keys)]
+    if missing:
+        raise ConfigError(
+            "ckpt_path",
+            f"{path} is a checkpoint of another task: it has no weights for {', '.join(missing)} "
+            f"(this task trains {', '.join(networks)})",
+        )
     return path
 
 

@@ -48,8 +48,8 @@ def fit_teacher(
 def train_teacher(cfg: DictConfig) -> dict[str, Any]:
     """``task=teacher``: train the configured teacher and write ``teacher.pt`` and ``results.json``."""
     start = time.perf_counter()
+    ckpt_path = resolve_ckpt_path(cfg, Path(cfg.paths.output_dir).resolve(), ("net",))  # reads only
     out = prepare_output_dir(cfg)
-    ckpt_path = resolve_ckpt_path(cfg, out)
     net, score = fit_teacher(cfg, out, build_callbacks(cfg, ["checkpoint"]), ckpt_path)
     results = {
         "task": "teacher",
@@ -103,11 +103,14 @@ def cached_teacher(cfg: DictConfig) -> Path:
 
 
 def teacher_command_args(cfg: DictConfig) -> str:
-    """The overrides of this run that decide its teacher: dataset, teacher and data root, when set."""
+    """The overrides of this run that decide its teacher and data: dataset (with every ``dataset.*``
+    value given, such as IDX file paths), teacher network and normalisation, data root, experiment."""
     args = [f"dataset={cfg.dataset.name}"]
     with contextlib.suppress(ValueError):  # outside a Hydra run there are no overrides to read
         for override in HydraConfig.get().overrides.task:
-            if override.split("=", 1)[0].lstrip("+~") in ("teacher", "paths.data_dir", "dataset.root", "experiment"):
+            key = override.split("=", 1)[0].lstrip("+~")
+            wanted = key in ("teacher", "paths.data_dir", "experiment") or key.startswith(("dataset.", "teacher."))
+            if wanted and not key.startswith(("teacher.checkpoint", "teacher.training")):
                 args.append(override)
     return " ".join(args)
 

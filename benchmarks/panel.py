@@ -83,6 +83,7 @@ METHODS: dict[str, list[str]] = {
     "replay": ["method=dfad", *PAPER, "system.replay_size=4096"],
     "balance": ["method=dfad", *PAPER, "system.balance=1"],
     "bn_prior": ["method=dfad", *PAPER, "system.bn_prior=1"],
+    "dfq": ["method=dfq", *PAPER],
     "cosine": ["method=dfad", *PAPER, "schedule=cosine"],
     "generator_lr_1e-4": ["method=dfad", *PAPER, "system.generator_optimizer.lr=1e-4"],
     "robust": ["method=robust"],
@@ -133,7 +134,7 @@ def run_panel(args: argparse.Namespace) -> None:
     print(f"{len(jobs)} runs to do, {args.jobs} at a time with {threads} thread(s) each", flush=True)
     start = time.monotonic()
     with ThreadPoolExecutor(args.jobs) as pool:
-        for i, _ in enumerate(pool.map(lambda job: execute(*job, threads), jobs), 1):
+        for i, _ in enumerate(pool.map(lambda job: execute(job[0], job[1], threads), jobs), 1):
             print(f"  {i}/{len(jobs)} done ({time.monotonic() - start:.0f} s)", flush=True)
 
 

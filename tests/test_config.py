@@ -171,6 +171,7 @@ def test_schedule_options_set_both_schedules_over_the_run(make_cfg, option):
         optimizer = torch.optim.SGD([torch.nn.Parameter(torch.zeros(1))], lr=1.0)
         scheduler = instantiate(node)(optimizer)
         for _ in range(4):  # stepped once per epoch
+            optimizer.step()
             scheduler.step()
         assert optimizer.param_groups[0]["lr"] == pytest.approx(0.0, abs=1e-9)
 

@@ -70,7 +70,9 @@ def test_a_plain_ddp_strategy_is_refused_and_the_automatic_one_is_chosen(make_cf
     with pytest.raises(ConfigError, match=r"^trainer\.strategy: ddp fails with DFAD's two optimizers"):
         build_trainer(make_cfg("trainer.devices=2", "trainer.strategy=ddp"), tmp_path)
     trainer = build_trainer(make_cfg("trainer.devices=3"), tmp_path)
-    assert isinstance(trainer.strategy, DDPStrategy) and trainer.strategy._ddp_kwargs == {"find_unused_parameters": True}
+    assert isinstance(trainer.strategy, DDPStrategy) and trainer.strategy._ddp_kwargs == {
+        "find_unused_parameters": True
+    }
     assert not isinstance(build_trainer(make_cfg(), tmp_path).strategy, DDPStrategy)  # one device: no DDP
 
 

@@ -77,3 +77,43 @@ def test_cifar_resnet_rejects_depths_that_are_not_6n_plus_2():
 def test_torchvision_resnets_take_128px_and_any_number_of_channels(depth):
     net = torchvision_resnet(depth, in_channels=1, num_classes=101)
     assert net(torch.randn(2, 1, 128, 128)).shape == (2, 101)
+
+
+# ---------------------------------------------------------------------------------------------
+# Any architecture by name: torchvision and timm
+# ---------------------------------------------------------------------------------------------
+
+
+def test_torchvision_and_timm_networks_by_name_take_the_datasets_channels_and_classes():
+    from dfad_lightning.networks import timm_net, torchvision_net
+
+    x = torch.randn(2, 1, 32, 32)
+    assert torchvision_net("resnet18", in_channels=1, num_classes=7)(x).shape == (2, 7)
+    assert torchvision_net("mobilenet_v3_small", in_channels=1, num_classes=7).eval()(x).shape == (2, 7)
+    assert timm_net("mobilenetv3_small_100", in_channels=1, num_classes=5).eval()(x).shape == (2, 5)
+
+
+@pytest.mark.parametrize(("library", "name"), [("torchvision", "resnet5O"), ("timm", "mobilenetv3_smal_100")])
+def test_an_unknown_architecture_names_the_key_and_the_closest_names(library, name):
+    from dfad_lightning.errors import ConfigError
+    from dfad_lightning.networks import timm_net, torchvision_net
+
+    factory = {"torchvision": torchvision_net, "timm": timm_net}[library]
+    with pytest.raises(ConfigError, match=rf"^teacher\.arch: {library} has no architecture '{name}' \(did you mean"):
+        factory(name, key="teacher.arch")
+
+
+def test_your_own_teacher_by_name_distils_with_no_data(make_cfg, tmp_path):
+    from dfad_lightning.networks import torchvision_net
+    from dfad_lightning.tasks import run
+
+    weights = tmp_path / "my_resnet18.pt"
+    torch.save({"model": torchvision_net("resnet18", in_channels=1, num_classes=10).state_dict()}, weights)
+    cfg = make_cfg(
+        "dataset=no_data", "teacher=torchvision", "teacher.arch=resnet18", f"teacher.checkpoint={weights}",
+        "model=timm", "model.arch=mobilenetv3_small_050",
+    )  # fmt: skip
+    results = run(cfg)
+    assert results["real_data"] is False and results["datafree"]["final"]["agreement"] >= 0.0
+    student = torch.load(results["student_weights"], weights_only=True)
+    assert any(k.startswith("conv_stem") for k in student)  # timm's layout

@@ -14,7 +14,8 @@ import torch
 from conftest import ROOT, TINY
 
 # 3 epochs of 4 iterations, a checkpoint after every iteration, LR schedules stepped per epoch,
-# deterministic CPU kernels.
+# deterministic CPU kernels, and every stabiliser that carries state: the student's moving average
+# (then the student a run delivers, in student.pt) and the replay memory.
 STEP_LR = "{_target_:torch.optim.lr_scheduler.StepLR,_partial_:true,step_size:1,gamma:0.5}"
 RUN = [
     *TINY,
@@ -24,6 +25,9 @@ RUN = [
     "trainer.deterministic=true",
     f"system.student_scheduler={STEP_LR}",
     f"system.generator_scheduler={STEP_LR}",
+    "system.ema_decay=0.9",
+    "system.replay_size=40",
+    "system.balance=1",
 ]
 
 
@@ -83,6 +87,11 @@ def assert_same_student(a: Path, b: Path) -> None:
     sa, sb = student(a), student(b)
     assert sa.keys() == sb.keys()
     assert all(torch.equal(sa[k], sb[k]) for k in sa), "the resumed run diverged from the straight one"
+    # The whole state too: the student itself, the generator, the average and the replay memory.
+    ca, cb = (torch.load(p / "checkpoints" / "last.ckpt", weights_only=True)["state_dict"] for p in (a, b))
+    assert ca.keys() == cb.keys() and "memory.samples" in ca and "student_ema.n_averaged" in ca
+    assert all(torch.equal(ca[k], cb[k]) for k in ca if isinstance(ca[k], torch.Tensor))
+    assert ca["memory._extra_state"] == cb["memory._extra_state"]
 
 
 @pytest.mark.parametrize(

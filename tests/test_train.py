@@ -90,9 +90,7 @@ def test_missing_teacher_says_which_key_to_set_and_how_to_train_one(make_cfg):
         ("system.student_optimizer.lr=-0.1", "system.student_optimizer.lr"),
         ("system.generator_optimizer.lr=-1", "system.generator_optimizer.lr"),
         ("task=nonsense", "task"),
-        ("system.ema_decay=1.0", "system.ema_decay"),
         ("system.replay_size=-5", "system.replay_size"),
-        ("system.replay_fraction=0", "system.replay_fraction"),
         ("system.balance=-1", "system.balance"),
         ("system.bn_prior=-0.5", "system.bn_prior"),
     ],
@@ -129,20 +127,6 @@ def test_the_teacher_hint_repeats_every_dataset_override(make_cfg):
     assert args[0] == "dataset=idx" and "dataset.num_classes=10" in args and set(files) <= set(args)
     assert "teacher.mean=[0.2]" in args  # the teacher's normalisation decides its training too
     assert not any(a.startswith(("data.", "trainer.", "teacher.checkpoint", "teacher.training")) for a in args)
-
-
-def test_train_py_reports_a_user_error_in_one_line_without_traceback(tmp_path, cache_dir):
-    env = {"DFAD_CACHE_DIR": str(cache_dir), "PATH": "/usr/bin:/bin"}
-    proc = subprocess.run(
-        [sys.executable, "train.py", f"hydra.run.dir={tmp_path / 'bad'}", "data.batch_size=1"],
-        cwd=ROOT,
-        env=env,
-        capture_output=True,
-        text=True,
-    )
-    assert proc.returncode == 2
-    assert "Error: data.batch_size: must be at least 2" in proc.stderr
-    assert "Traceback" not in proc.stderr
 
 
 def test_eval_task_scores_the_teacher_and_a_student(tiny_run, make_cfg, tmp_path):

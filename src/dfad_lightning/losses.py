@@ -16,11 +16,12 @@ teacher's outputs, and :class:`BatchNormPrior` (DFQ, DeepInversion) on its Batch
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
+from typing import cast
 
 import torch
-from torch import nn
 import torch.nn.functional as F
-from torch import Tensor
+from torch import Tensor, nn
 
 
 def mae(student: Tensor, teacher: Tensor) -> Tensor:
@@ -165,14 +166,15 @@ class BatchNormPrior:
     def __len__(self) -> int:
         return len(self.layers)
 
-    def _hook(self, index: int):  # type: ignore[no-untyped-def]
+    def _hook(self, index: int) -> Callable[[nn.Module, tuple[Tensor, ...], Tensor], None]:
         def record(module: nn.Module, inputs: tuple[Tensor, ...], output: Tensor) -> None:
             if not torch.is_grad_enabled():
                 return
             x = inputs[0].transpose(0, 1).flatten(1).float()  # (channels, everything else)
             mean, var = x.mean(1), x.var(1, unbiased=False)
-            self._terms[index] = torch.linalg.vector_norm(mean - module.running_mean) + torch.linalg.vector_norm(
-                var - module.running_var
+            running_mean, running_var = cast(Tensor, module.running_mean), cast(Tensor, module.running_var)
+            self._terms[index] = torch.linalg.vector_norm(mean - running_mean) + torch.linalg.vector_norm(
+                var - running_var
             )
 
         return record

@@ -2,6 +2,7 @@
 
 from dfad_lightning.networks.generators import GeneratorA, GeneratorB
 from dfad_lightning.networks.lenet import LeNet5, lenet5_half
+from dfad_lightning.networks.named import timm_net, torchvision_net
 from dfad_lightning.networks.resnet import (
     CifarResNet,
     ResNet8x,
@@ -23,5 +24,7 @@ __all__ = [
     "lenet5_half",
     "resnet18_8x",
     "resnet34_8x",
+    "timm_net",
+    "torchvision_net",
     "torchvision_resnet",
 ]

@@ -67,7 +67,7 @@ class DAFL(DFAD):
     def __init__(
         self, *args: Any, one_hot: float = 1.0, activation: float = 0.1, balance: float = 5.0, **kwargs: Any
     ) -> None:
-        super().__init__(*args, one_hot=one_hot, balance=balance, **kwargs)
+        super().__init__(*args, **{**kwargs, "one_hot": one_hot, "balance": balance})
         self.activation = activation
         last_linear = [m for m in self.teacher.modules() if isinstance(m, nn.Linear)]
         if not last_linear:

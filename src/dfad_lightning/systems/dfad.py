@@ -315,7 +315,11 @@ class DFAD(LightningModule):
         """A frozen copy of the student that follows its weights and buffers as a warmed-up EMA."""
 
         @torch.no_grad()
-        def ema(averaged: list[Tensor], current: list[Tensor], updates: Tensor) -> None:
+        def ema(
+            averaged: tuple[Tensor, ...] | list[Tensor],
+            current: tuple[Tensor, ...] | list[Tensor],
+            updates: Tensor | int,
+        ) -> None:
             n = float(updates)
             weight = 1.0 - min(decay, (1.0 + n) / (10.0 + n))
             if averaged[0].is_floating_point():

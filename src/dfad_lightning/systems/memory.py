@@ -47,8 +47,11 @@ class ReplayMemory(nn.Module):
 
     @torch.no_grad()
     def push(self, batch: Tensor) -> None:
-        """Offer a batch: each sample fills a free slot, or once full replaces a random one with
-        probability ``capacity / (samples seen)`` (Vitter's Algorithm R)."""
+        """Offer a batch (Vitter's Algorithm R).
+
+        Each sample fills a free slot or, once the memory is full, replaces a random one with
+        probability ``capacity / (samples seen)``.
+        """
         capacity, device = len(self.samples), self.samples.device
         positions = torch.arange(self.seen, self.seen + len(batch), device=device)
         draws = (torch.rand(len(batch), generator=self._rng(), device=device) * (positions + 1)).long()

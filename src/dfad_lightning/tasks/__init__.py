@@ -15,6 +15,7 @@ from dfad_lightning.errors import ConfigError, NonFiniteLossError, RunInterrupte
 from dfad_lightning.tasks.distill import distill
 from dfad_lightning.tasks.evaluate import evaluate
 from dfad_lightning.tasks.export import export
+from dfad_lightning.tasks.schema import check_types
 from dfad_lightning.tasks.teacher import train_teacher
 
 log = logging.getLogger(__name__)
@@ -52,7 +53,8 @@ def run(cfg: DictConfig) -> dict[str, Any]:
     if missing:
         raise ConfigError(missing[0], f"must be set (it is ??? in the config; also unset: {missing[1:]})")
     if cfg.task not in TASKS:
-        raise ConfigError("task", f"unknown task {cfg.task!r}; choose one of {sorted(TASKS)}")
+        raise ConfigError("task", f"must be one of {', '.join(TASKS)}, got {cfg.task!r}")
+    check_types(cfg)
     return TASKS[cfg.task](cfg)
 
 

@@ -30,43 +30,14 @@ logging.getLogger("lightning.pytorch.utilities.rank_zero").addFilter(lambda r: "
 warnings.filterwarnings("ignore", message=r"`isinstance\(treespec, LeafSpec\)` is deprecated", category=FutureWarning)
 
 
-def check_config(cfg: DictConfig) -> None:
-    """Refuse settings that cannot train, before any work is done.
-
-    Raises:
-        ConfigError: Naming the key to change.
-    """
-    if cfg.data.batch_size < 2:
-        raise ConfigError(
-            "data.batch_size", f"must be at least 2 (BatchNorm needs 2 samples), got {cfg.data.batch_size}"
-        )
-    if cfg.data.iterations_per_epoch < 1:
-        raise ConfigError("data.iterations_per_epoch", f"must be at least 1, got {cfg.data.iterations_per_epoch}")
-    if cfg.system.student_steps < 1:
-        raise ConfigError("system.student_steps", f"must be at least 1, got {cfg.system.student_steps}")
-    for key in ("student_optimizer", "generator_optimizer"):
-        lr = cfg.system[key].get("lr")
-        if lr is not None and lr < 0:
-            raise ConfigError(f"system.{key}.lr", f"must not be negative, got {lr}")
-    system = cfg.system
-    decay = system.get("ema_decay")
-    if decay is not None and not 0 <= decay < 1:
-        raise ConfigError("system.ema_decay", f"must be in [0, 1) (or null: no moving average), got {decay}")
-    if system.get("replay_size", 0) < 0:
-        raise ConfigError("system.replay_size", f"must be 0 (no replay) or more, got {system.replay_size}")
-    if system.get("replay_fraction", 1) <= 0:
-        raise ConfigError("system.replay_fraction", f"must be positive, got {system.replay_fraction}")
-    for key in ("balance", "one_hot", "bn_prior"):
-        if system.get(key, 0) < 0:
-            raise ConfigError(f"system.{key}", f"is the weight of a prior: 0 (off) or more, got {system[key]}")
-
-
 def build_network(node: DictConfig, key: str) -> nn.Module:
     """Instantiate a network config, naming ``key`` if it fails."""
     try:
         return cast(nn.Module, instantiate(node))
     except Exception as err:
         cause = err.__cause__ if isinstance(err, InstantiationException) and err.__cause__ else err
+        if isinstance(cause, ConfigError):  # the network named its own key
+            raise cause from None
         raise ConfigError(key, f"cannot build the network: {cause}") from err
 
 

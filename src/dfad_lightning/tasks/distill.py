@@ -21,7 +21,6 @@ from dfad_lightning.tasks.build import (
     build_network,
     build_system,
     build_trainer,
-    check_config,
     check_networks,
 )
 from dfad_lightning.tasks.outputs import RESULTS, fit_resumable, prepare_output_dir, resolve_ckpt_path
@@ -38,7 +37,6 @@ def distill(cfg: DictConfig) -> dict[str, Any]:
         The results (also in ``results.json``), with ``objective`` set to the final student metric.
     """
     start = time.perf_counter()
-    check_config(cfg)
     ckpt_path = resolve_ckpt_path(cfg, Path(cfg.paths.output_dir).resolve(), ("student", "generator"))  # reads only
     out = prepare_output_dir(cfg)
     teacher, teacher_file = load_teacher(cfg)
@@ -79,7 +77,7 @@ def summarize(
         "teacher": teacher,
         "student": {"final": final, "best": best, "best_epoch": int(system.best_epoch)},
         "ratio": round(final / teacher, 6) if teacher and final is not None else None,
-        "real_data": teacher is not None,
+        "real_data": cfg.dataset.get("test") is not None,  # whether the dataset has a split to evaluate on
         "datafree": datafree_summary(trainer),
         "iterations": trainer.global_step // system.steps_per_iteration,
         "epochs": trainer.current_epoch,
@@ -140,20 +138,24 @@ def report(results: dict[str, Any]) -> str:
         )
     for warning in datafree.get("warnings", []):
         lines += f"  WARNING: {warning};\n    {ADVICE}\n"
-    if not results["real_data"]:
+    header = f"\n{results['method']} on {results['dataset']} ({results['iterations']} iterations, "
+    header += f"{results['wall_time_s']:.1f} s)\n"
+    outputs = f"  outputs: {results['output_dir']}  ({RESULTS}, {STUDENT_FILE}, checkpoints/, probes/, samples/, csv/)"
+    if results["teacher"] is None:
+        why = (
+            "the dataset has no evaluation split"
+            if not results["real_data"]
+            else "no evaluation ran (trainer.check_val_every_n_epoch is larger than the epochs trained)"
+        )
         return (
-            f"\n{results['method']} on {results['dataset']} ({results['iterations']} iterations, {results['wall_time_s']:.1f} s)\n"
-            "  No real data was used to evaluate: the dataset has no evaluation split, so the student is\n"
-            "  judged only by the data-free signal below, not by a real metric.\n"
-            f"{lines}"
-            f"  outputs: {results['output_dir']}  ({RESULTS}, {STUDENT_FILE}, checkpoints/, probes/, samples/, csv/)"
+            f"{header}  No real data was used to evaluate: {why}, so the student is\n"
+            f"  judged only by the data-free signal below, not by a real metric.\n{lines}{outputs}"
         )
     return (
-        f"\n{results['method']} on {results['dataset']} ({results['iterations']} iterations, {results['wall_time_s']:.1f} s)\n"
+        f"{header}"
         f"  teacher {name}:                       {results['teacher']:.4f}\n"
         f"  student {name}, final:                {student['final']:.4f}\n"
         f"  student {name}, best over training:   {student['best']:.4f} (epoch {student['best_epoch']})\n"
         f"  student/teacher (final):            {results['ratio']:.3f}\n"
-        f"{lines}"
-        f"  outputs: {results['output_dir']}  ({RESULTS}, {STUDENT_FILE}, checkpoints/, samples/, csv/)"
+        f"{lines}{outputs}"
     )

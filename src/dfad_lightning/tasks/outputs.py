@@ -99,7 +99,8 @@ def check_resumable(path: Path, networks: tuple[str, ...]) -> Path:
         raise ConfigError("ckpt_path", f"{path} is not a readable PyTorch checkpoint ({type(err).__name__})") from None
     if not isinstance(checkpoint, dict) or "state_dict" not in checkpoint or "global_step" not in checkpoint:
         raise ConfigError(
-            "ckpt_path", f"{path} is not a Lightning checkpoint (bare weights?); resume from a run's checkpoints/last.ckpt"
+            "ckpt_path",
+            f"{path} is not a Lightning checkpoint (bare weights?); resume from a run's checkpoints/last.ckpt",
         )
     if "optimizer_states" not in checkpoint or "loops" not in checkpoint:
         raise ConfigError("ckpt_path", f"{path} holds weights only (no optimizer or loop state): it cannot be resumed")

@@ -103,8 +103,11 @@ def cached_teacher(cfg: DictConfig) -> Path:
 
 
 def teacher_command_args(cfg: DictConfig) -> str:
-    """The overrides of this run that decide its teacher and data: dataset (with every ``dataset.*``
-    value given, such as IDX file paths), teacher network and normalisation, data root, experiment."""
+    """The overrides of this run that decide its teacher and its data.
+
+    The dataset (with every ``dataset.*`` value given, such as IDX file paths), the teacher's
+    network and normalisation, the data root and the experiment.
+    """
     args = [f"dataset={cfg.dataset.name}"]
     with contextlib.suppress(ValueError):  # outside a Hydra run there are no overrides to read
         for override in HydraConfig.get().overrides.task:

@@ -8,6 +8,7 @@ nothing is downloaded), with the dataset's classes and channels.
 from __future__ import annotations
 
 import difflib
+from typing import cast
 
 import torchvision
 from torch import nn
@@ -49,9 +50,15 @@ def _replace_first_conv(net: nn.Module, in_channels: int) -> None:
         if isinstance(module, nn.Conv2d) and module.in_channels == 3:
             parent = net.get_submodule(name.rpartition(".")[0]) if "." in name else net
             conv = nn.Conv2d(
-                in_channels, module.out_channels, module.kernel_size, module.stride, module.padding,
-                module.dilation, module.groups, module.bias is not None,
-            )  # fmt: skip
+                in_channels,
+                module.out_channels,
+                cast(tuple[int, int], module.kernel_size),
+                cast(tuple[int, int], module.stride),
+                cast(tuple[int, int], module.padding),
+                cast(tuple[int, int], module.dilation),
+                module.groups,
+                module.bias is not None,
+            )
             setattr(parent, name.rpartition(".")[2], conv)
             return
 

@@ -117,3 +117,47 @@ def test_caltech101_refuses_a_split_of_other_images(tmp_path):
     split_file.write_text(json.dumps({"train": ["ant/9.png"], "test": []}))
     with pytest.raises(ConfigError, match=r"dataset\.split_file"):
         Caltech101(root, "train", split_file=split_file)
+
+
+@pytest.fixture
+def no_network(monkeypatch):
+    """Any attempt to download fails the test: the layouts below must be found as they are."""
+
+    def refuse(*args, **kwargs):
+        raise AssertionError("tried to download")
+
+    import urllib.request
+
+    monkeypatch.setattr(urllib.request, "urlopen", refuse)
+
+
+def test_mnist_download_uses_the_files_torchvisions_download_leaves(tmp_path, no_network):
+    fake_mnist(tmp_path / "MNIST" / "raw", gz=False)  # torchvision keeps the unpacked files there
+    data = mnist(tmp_path, "train", image_size=32, download=True)
+    assert len(data) == 6 and data[0][0].shape == (1, 32, 32)
+
+
+def test_caltech101_download_uses_the_folder_torchvisions_download_leaves(tmp_path, no_network):
+    root = tmp_path / "caltech101"
+    fake_folder(root / "caltech101" / "101_ObjectCategories", ["BACKGROUND_Google", "ant", "bee"], per_class=5)
+    (root / "caltech101" / "Annotations").mkdir()
+    data = Caltech101(root, "test", image_size=32, split_file=tmp_path / "split.json", download=True)
+    assert data.classes == ["ant", "bee"] and len(data) == 2
+
+
+def test_cifar_download_uses_the_batches_torchvisions_download_leaves(tmp_path, no_network, monkeypatch):
+    import pickle
+
+    import torchvision.datasets.cifar
+
+    folder = tmp_path / "cifar-10-batches-py"
+    folder.mkdir()
+    rng = np.random.default_rng(0)
+    for name in ("data_batch_1", "data_batch_2", "data_batch_3", "data_batch_4", "data_batch_5", "test_batch"):
+        batch = {"data": rng.integers(0, 256, (4, 3072), dtype=np.uint8), "labels": [0, 1, 2, 3]}
+        (folder / name).write_bytes(pickle.dumps(batch))
+    (folder / "batches.meta").write_bytes(pickle.dumps({"label_names": [str(i) for i in range(10)]}))
+    # The files are fakes: accept them where torchvision checks the real ones' MD5 sums.
+    monkeypatch.setattr(torchvision.datasets.cifar, "check_integrity", lambda *a, **k: True)
+    data = CIFAR(tmp_path, "test", download=True)
+    assert len(data) == 4 and data[1][0].shape == (3, 32, 32) and data[1][1] == 1

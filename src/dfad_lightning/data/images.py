@@ -133,21 +133,31 @@ MNIST_FILES = {
 
 
 def mnist(
-    root: str | Path, split: Split = "train", image_size: int | Sequence[int] = 32, augment: Transform | None = None
+    root: str | Path,
+    split: Split = "train",
+    image_size: int | Sequence[int] = 32,
+    augment: Transform | None = None,
+    download: bool = False,
 ) -> IDXDataset:
     """MNIST from its four IDX files, gzipped or not, in ``root`` or in torchvision's ``root/MNIST/raw``.
 
-    Images are resized from 28x28 to ``image_size`` (32 in the paper, for LeNet-5).
+    Images are resized from 28x28 to ``image_size`` (32 in the paper, for LeNet-5). With
+    ``download``, torchvision fetches the files into ``root/MNIST/raw`` first if they are not there.
     """
     base = Path(root)
     names = MNIST_FILES[split]
+    if download:
+        from torchvision.datasets import MNIST
+
+        MNIST(str(base), train=split == "train", download=True)  # a no-op where the files are there
     for folder in (base, base / "MNIST" / "raw"):
         for suffix in ("", ".gz"):
             if all((folder / (n + suffix)).exists() for n in names):
                 images, labels = (folder / (n + suffix) for n in names)
                 return IDXDataset(images, labels, image_size, augment, key="paths.data_dir")
     expected = [n + ".gz" for n in names]
-    require_files(base, expected, "paths.data_dir", "(MNIST's IDX files, gzipped or not; or torchvision's MNIST/raw)")
+    hint = "(MNIST's IDX files, gzipped or not; or torchvision's MNIST/raw; or set dataset.download=true)"
+    require_files(base, expected, "paths.data_dir", hint)
     raise AssertionError("unreachable")  # pragma: no cover
 
 
@@ -286,6 +296,8 @@ class Caltech101(_Transformed):
         split_seed: Seed of the split.
         test_fraction: Fraction of each class held out.
         augment: Optional transform of each ``[0, 1]`` image tensor.
+        download: Have torchvision fetch and unpack the images into ``root/caltech101`` first if
+            they are not there (needs internet).
     """
 
     def __init__(
@@ -297,8 +309,13 @@ class Caltech101(_Transformed):
         split_seed: int = 0,
         test_fraction: float = 0.2,
         augment: Transform | None = None,
+        download: bool = False,
     ) -> None:
         base = Path(root)
+        if download:
+            from torchvision.datasets import Caltech101 as TorchvisionCaltech101
+
+            TorchvisionCaltech101(str(base), download=True)  # a no-op where the images are there
         folder = next(
             (p for p in (base / "101_ObjectCategories", base / "caltech101" / "101_ObjectCategories") if p.is_dir()),
             base / "101_ObjectCategories",

@@ -73,7 +73,7 @@ TRAINS_ITS_TEACHER = {"digits"}
 
 # The paper's hyperparameters for small networks (its MNIST row), shared by every method that
 # does not bring its own: student SGD 0.01 (momentum 0.9), generator Adam 1e-3, constant rates.
-PAPER = ["system.student_optimizer.lr=0.01", "system.student_optimizer.weight_decay=1e-4",
+PAPER = ["recipe=paper", "system.student_optimizer.lr=0.01", "system.student_optimizer.weight_decay=1e-4",
          "system.generator_optimizer.lr=1e-3", "schedule=constant"]  # fmt: skip
 
 METHODS: dict[str, list[str]] = {
@@ -86,7 +86,7 @@ METHODS: dict[str, list[str]] = {
     "dfq": ["method=dfq", *PAPER],
     "cosine": ["method=dfad", *PAPER, "schedule=cosine"],
     "generator_lr_1e-4": ["method=dfad", *PAPER, "system.generator_optimizer.lr=1e-4"],
-    "robust": ["method=robust"],
+    "robust": ["method=dfad", "recipe=robust"],
 }
 
 

@@ -34,6 +34,7 @@ GROUPS = [
     "experiment",
     "method",
     "schedule",
+    "recipe",
 ]
 
 
@@ -139,6 +140,28 @@ def test_experiments_compose_into_runnable_settings(make_cfg, option):
         optimizer = instantiate(cfg.system[f"{key}_optimizer"])(params)
         if cfg.system[f"{key}_scheduler"] is not None:
             instantiate(cfg.system[f"{key}_scheduler"])(optimizer)
+
+
+GENERIC = {"digits": [], "no_data": [], "idx": REQUIRED["idx"], "image_folder": REQUIRED["image_folder"],
+           "split_folder": REQUIRED["split_folder"]}  # fmt: skip
+
+
+@pytest.mark.parametrize("dataset", sorted(GENERIC))
+def test_generic_datasets_train_with_the_robust_recipe(make_cfg, dataset):
+    cfg = make_cfg(f"dataset={dataset}", *GENERIC[dataset], tiny=False)
+    assert cfg.recipe.name == "robust" and cfg.method.name == "DFAD"
+    assert cfg.system.replay_size > 0 and cfg.system.ema_decay is not None and cfg.system.student_scheduler is not None
+    # Your own data through the CPU-sized MNIST experiment, as a new user runs it: the recipe too.
+    assert make_cfg("experiment=cpu_mnist", f"dataset={dataset}", *GENERIC[dataset]).recipe.name == "robust"
+
+
+@pytest.mark.parametrize("experiment", [p.stem for p in sorted((CONF / "experiment").glob("paper_*.yaml"))])
+def test_the_papers_settings_keep_the_papers_algorithm(make_cfg, experiment):
+    cfg = make_cfg(f"experiment={experiment}", tiny=False)
+    assert cfg.recipe.name == "paper" and cfg.method.name == "DFAD"
+    system = cfg.system
+    assert system.ema_decay is None and system.replay_size == 0
+    assert system.balance == system.one_hot == system.bn_prior == 0
 
 
 def test_paper_rows_carry_table_7(make_cfg):

@@ -115,7 +115,7 @@ def test_train_py_puts_everything_in_hydra_run_dir(tmp_path, cache_dir):
     assert {"results.json", "student.pt", "csv", "checkpoints", "samples", ".hydra"} <= {p.name for p in out.iterdir()}
     # Lightning's advertisement and its own deprecation warning are not shown to users.
     assert "Tip:" not in done.stdout + done.stderr and "LeafSpec" not in done.stdout + done.stderr
-    assert "DFAD on digits" in done.stdout  # the report names the method that ran
+    assert "DFAD, robust recipe on digits" in done.stdout  # the report names the method and recipe that ran
 
 
 def test_the_teacher_hint_repeats_every_dataset_override(make_cfg):

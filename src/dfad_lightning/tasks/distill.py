@@ -72,6 +72,7 @@ def summarize(
     results: dict[str, Any] = {
         "task": "distill",
         "method": str(cfg.get("method", {}).get("name", "DFAD")),
+        "recipe": str(cfg.get("recipe", {}).get("name", "paper")),
         "dataset": cfg.dataset.name,
         "metric": cfg.dataset.metric_name,
         "teacher": teacher,
@@ -119,7 +120,7 @@ def datafree_summary(trainer: Trainer) -> dict[str, Any] | None:
 
 # What to try when the data-free signal says the student is not following the teacher.
 ADVICE = (
-    "try method=robust (the recipe measured in the README) if this run did not use it, a lower generator "
+    "try recipe=robust (the recipe measured in the README) if this run did not use it, a lower generator "
     "LR (system.generator_optimizer.lr), more iterations (trainer.max_epochs), or keep the student the "
     "signal selected (data-free selection above)"
 )
@@ -138,7 +139,8 @@ def report(results: dict[str, Any]) -> str:
         )
     for warning in datafree.get("warnings", []):
         lines += f"  WARNING: {warning};\n    {ADVICE}\n"
-    header = f"\n{results['method']} on {results['dataset']} ({results['iterations']} iterations, "
+    recipe = "" if results.get("recipe", "paper") == "paper" else f", {results['recipe']} recipe"
+    header = f"\n{results['method']}{recipe} on {results['dataset']} ({results['iterations']} iterations, "
     header += f"{results['wall_time_s']:.1f} s)\n"
     outputs = f"  outputs: {results['output_dir']}  ({RESULTS}, {STUDENT_FILE}, checkpoints/, probes/, samples/, csv/)"
     if results["teacher"] is None:

@@ -4,7 +4,7 @@ VENV ?= .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: install run test lint typecheck check clean
+.PHONY: install run test test-fast lint typecheck check clean
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -19,6 +19,9 @@ run: $(STAMP)  ## The embedded default run (digits, CPU); pass overrides as ARGS
 
 test: $(STAMP)  ## The whole test suite (what CI runs).
 	$(BIN)/python -m pytest
+
+test-fast: $(STAMP)  ## The development tier: every module, no subprocess runs or real data (under 3 min).
+	$(BIN)/python -m pytest -m "not slow"
 
 lint: $(STAMP)
 	$(BIN)/ruff check .

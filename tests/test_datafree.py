@@ -78,3 +78,37 @@ def test_a_run_with_no_real_data_at_all(make_cfg, teacher_file, tmp_path, capsys
 def test_without_data_no_teacher_can_be_trained_or_scored(make_cfg, teacher_file, task, key):
     with pytest.raises(ConfigError, match=rf"^{key}: dataset=no_data has no"):
         run(make_cfg("dataset=no_data", f"task={task}", f"teacher.checkpoint={teacher_file}"))
+
+
+def history(*agreements):
+    return [{"epoch": e, "agreement": a} for e, a in enumerate(agreements)]
+
+
+def test_the_signal_warns_when_the_student_stops_following_the_teacher(tmp_path):
+    probe = DataFreeProbe(tmp_path, nz=16)
+    probe.history = history(0.6, 0.8, 0.9, 0.91, 0.92)
+    assert probe.warnings() == []  # rising: all well
+    probe.history = history(0.6, 0.9, 0.82, 0.84, 0.8)
+    (forgot,) = probe.warnings()
+    assert "fell from 0.900 (epoch 1) to 0.800" in forgot and "forgot" in forgot
+    probe.history = history(0.7, 0.9, 0.89, 0.88)
+    (falling,) = probe.warnings()
+    assert "fell over the last two epochs (0.900, 0.890, 0.880)" in falling
+    probe.history = history(0.2, 0.3, 0.4)
+    (low,) = probe.warnings()
+    assert "only 40%" in low
+
+
+def test_the_report_prints_the_warnings_with_what_to_try():
+    from dfad_lightning.tasks.distill import report
+
+    results = {
+        "method": "DFAD", "recipe": "paper", "dataset": "idx", "metric": "acc", "iterations": 300,
+        "wall_time_s": 80.0, "teacher": 0.877, "student": {"final": 0.43, "best": 0.58, "best_epoch": 2},
+        "ratio": 0.49, "real_data": True, "output_dir": "out",
+        "datafree": {"final": {"agreement": 0.5}, "selected_epoch": 2, "selected_checkpoint": "c.ckpt",
+                     "warnings": ["the student's agreement ... fell"]},
+    }  # fmt: skip
+    text = report(results)
+    assert "WARNING: the student's agreement ... fell" in text and "try recipe=robust" in text
+    assert "recipe=robust" not in report({**results, "recipe": "robust"}).split("WARNING")[1]

@@ -141,3 +141,21 @@ def test_eval_task_scores_the_teacher_and_a_student(tiny_run, make_cfg, tmp_path
 def test_unset_mandatory_values_are_named(make_cfg):
     with pytest.raises(ConfigError, match=r"^dataset\.root: must be set"):
         run(make_cfg("dataset=image_folder"))
+
+
+def test_tensorboard_logs_scores_and_the_sample_pictures(make_cfg, tmp_path):
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    run(make_cfg("logger=tensorboard"))
+    (events,) = (tmp_path / "run" / "tensorboard").glob("version_0/events.out.tfevents.*")
+    log = EventAccumulator(str(events), size_guidance={"images": 0})
+    log.Reload()
+    assert "samples" in log.Tags()["images"] and "val/acc" in log.Tags()["scalars"]
+
+
+@pytest.mark.slow
+def test_wandb_logs_offline_with_the_sample_pictures(make_cfg, tmp_path, monkeypatch):
+    monkeypatch.setenv("WANDB_SILENT", "true")
+    run(make_cfg("logger=wandb"))
+    (offline,) = (tmp_path / "run" / "wandb").glob("offline-run-*")
+    assert list((offline / "files" / "media" / "images").glob("samples_*.png"))

@@ -118,12 +118,13 @@ def datafree_summary(trainer: Trainer) -> dict[str, Any] | None:
     }
 
 
-# What to try when the data-free signal says the student is not following the teacher.
-ADVICE = (
-    "try recipe=robust (the recipe measured in the README) if this run did not use it, a lower generator "
-    "LR (system.generator_optimizer.lr), more iterations (trainer.max_epochs), or keep the student the "
-    "signal selected (data-free selection above)"
-)
+def advice(recipe: str) -> str:
+    """What to try when the data-free signal says the student is not following the teacher."""
+    first = "" if recipe == "robust" else "recipe=robust (the recipe measured in the README), "
+    return (
+        f"try {first}a lower generator LR (system.generator_optimizer.lr), more iterations "
+        "(trainer.max_epochs), or the student the signal selected (data-free selection above)"
+    )
 
 
 def report(results: dict[str, Any]) -> str:
@@ -138,7 +139,7 @@ def report(results: dict[str, Any]) -> str:
             f"  data-free selection: epoch {datafree['selected_epoch']}, {datafree['selected_checkpoint']}\n"
         )
     for warning in datafree.get("warnings", []):
-        lines += f"  WARNING: {warning};\n    {ADVICE}\n"
+        lines += f"  WARNING: {warning};\n    {advice(results.get('recipe', 'paper'))}\n"
     recipe = "" if results.get("recipe", "paper") == "paper" else f", {results['recipe']} recipe"
     header = f"\n{results['method']}{recipe} on {results['dataset']} ({results['iterations']} iterations, "
     header += f"{results['wall_time_s']:.1f} s)\n"

@@ -5,9 +5,11 @@ from __future__ import annotations
 import subprocess
 import sys
 
+import pytest
 from conftest import ROOT
 
 
+@pytest.mark.slow
 def test_the_speed_benchmark_prints_both_implementations_and_their_ratio():
     cmd = [sys.executable, "benchmarks/speed.py", "--iterations", "2", "--warmup", "1", "--repeats", "1"]
     done = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=600)
@@ -17,6 +19,7 @@ def test_the_speed_benchmark_prints_both_implementations_and_their_ratio():
     assert float(rows[1][-2]) > 0  # the ratio Lightning / plain
 
 
+@pytest.mark.slow
 def test_every_command_of_the_gpu_checks_composes(tmp_path):
     env = {"PATH": "/usr/bin:/bin", "DRY": "1", "PY": sys.executable, "OUT": str(tmp_path), "OMP_NUM_THREADS": "1"}
     done = subprocess.run(["bash", "benchmarks/gpu_checks.sh"], cwd=ROOT, env=env, capture_output=True, text=True)

@@ -4,11 +4,13 @@ from __future__ import annotations
 
 import re
 
+import pytest
 from conftest import ROOT
 
 from dfad_lightning.tasks import run
 
 
+@pytest.mark.slow
 def test_default_run_at_reduced_length_learns_well_above_chance(make_cfg):
     # The default configuration, teacher recipe included; only shorter: 50 of its iterations.
     overrides = ["trainer.max_epochs=2", "data.iterations_per_epoch=25", "trainer.enable_progress_bar=false"]

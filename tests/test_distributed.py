@@ -49,6 +49,7 @@ def ddp_run(tmp_path, *extra):
 @pytest.mark.parametrize(
     "sync_batchnorm", [False, pytest.param(True, marks=pytest.mark.gpu)]
 )  # PyTorch's SyncBatchNorm needs CUDA
+@pytest.mark.slow
 def test_two_processes_draw_different_noise_and_end_with_the_same_weights(tmp_path, sync_batchnorm):
     extra = ["trainer.accelerator=gpu"] if sync_batchnorm else []
     ranks = ddp_run(tmp_path, f"trainer.sync_batchnorm={str(sync_batchnorm).lower()}", *extra)

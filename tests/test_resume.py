@@ -13,6 +13,8 @@ import pytest
 import torch
 from conftest import ROOT, TINY
 
+pytestmark = pytest.mark.slow  # real processes, killed and resumed
+
 # 3 epochs of 4 iterations, a checkpoint after every iteration, LR schedules stepped per epoch,
 # deterministic CPU kernels, and every stabiliser that carries state: the student's moving average
 # (then the student a run delivers, in student.pt) and the replay memory.
@@ -23,6 +25,7 @@ RUN = [
     "trainer.max_epochs=3",
     "callbacks.checkpoint.every_n_iterations=1",
     "trainer.deterministic=true",
+    "schedule=constant",  # replaced by the step schedules below
     f"system.student_scheduler={STEP_LR}",
     f"system.generator_scheduler={STEP_LR}",
     "system.ema_decay=0.9",

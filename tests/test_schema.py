@@ -49,6 +49,7 @@ def test_a_bad_value_is_refused_before_any_work_naming_key_value_and_what_is_all
     assert detail in message and "\n" not in message
 
 
+@pytest.mark.slow
 def test_train_py_exits_2_with_one_line_and_no_traceback(tmp_path):
     for override in ("data.batch_size=abc", "trainer.max_epochs=0"):
         done = subprocess.run(

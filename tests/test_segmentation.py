@@ -190,6 +190,7 @@ def test_camvid_user_command_without_a_teacher_says_what_to_set_and_how_to_train
     assert not (tmp_path / "run" / "checkpoints").exists()
 
 
+@pytest.mark.slow
 def test_camvid_teacher_then_distillation_end_to_end(make_cfg, tmp_path):
     data_dir = fake_camvid(tmp_path / "d" / "camvid").parent
     common = [*SEG_TINY, "dataset=camvid", f"paths.data_dir={data_dir}"]

@@ -23,6 +23,7 @@ def results(tmp_path, job):
     return json.loads((tmp_path / "sweep" / str(job) / "results.json").read_text())
 
 
+@pytest.mark.slow
 def test_a_failed_job_does_not_stop_the_others_and_each_job_has_its_directory(tmp_path, cache_dir):
     done = multirun(tmp_path, cache_dir, "data.batch_size=1,16")
     assert done.returncode != 0 and "data.batch_size: must be an integer, at least 2" in done.stderr  # job 0 fails...
@@ -30,6 +31,7 @@ def test_a_failed_job_does_not_stop_the_others_and_each_job_has_its_directory(tm
     assert results(tmp_path, 1)["task"] == "distill"  # ...and job 1 still runs, in its own directory
 
 
+@pytest.mark.slow
 def test_the_submitit_local_launcher_runs_a_sweep_in_separate_processes(tmp_path, cache_dir):
     done = multirun(tmp_path, cache_dir, "hydra/launcher=submitit_local", "seed=0,1")
     assert done.returncode == 0, done.stderr[-2000:]
@@ -43,6 +45,7 @@ def test_the_slurm_launcher_config_composes_for_submitit():
     assert cfg.hydra.launcher.gpus_per_node == 1 and cfg.hydra.launcher.timeout_min > 0
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("trials", [2])
 def test_the_optuna_search_maximises_the_final_student_metric(tmp_path, cache_dir, trials):
     done = multirun(tmp_path, cache_dir, "hydra/sweeper=search", f"hydra.sweeper.n_trials={trials}")

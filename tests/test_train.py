@@ -101,6 +101,7 @@ def test_impossible_settings_fail_before_training_naming_the_key(make_cfg, overr
     assert str(err.value).startswith(f"{key}:")
 
 
+@pytest.mark.slow
 def test_train_py_puts_everything_in_hydra_run_dir(tmp_path, cache_dir):
     out = tmp_path / "cli"
     env = {"DFAD_CACHE_DIR": str(cache_dir), "PATH": "/usr/bin:/bin"}

@@ -40,7 +40,8 @@ ROOT = Path(__file__).resolve().parents[1]
 
 # Each configuration: the overrides that compose it (the paper's settings, and the CPU default).
 CONFIGS = {
-    "default": [],
+    "default": ["recipe=paper"],  # the embedded default's size, the paper's algorithm: the loop's own cost
+    "robust": [],  # the embedded default as it runs (recipe=robust): what the stabilisers cost on top
     "mnist": ["experiment=paper_mnist", "trainer=cpu"],
     "cifar10": ["experiment=paper_cifar10", "trainer=cpu"],
     "camvid": ["experiment=paper_camvid", "trainer=cpu"],

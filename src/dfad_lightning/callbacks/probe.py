@@ -149,7 +149,8 @@ class DataFreeProbe(Callback):
         Judged from the run's own probes only, so it works without real data: the student's
         agreement with the teacher on the probe set ``drop`` or more below its peak at the end (the
         student forgot what it had learnt: the game was unstable), falling over each of the last
-        two epochs (it is still getting worse), or below ``floor`` (it mostly disagrees).
+        two epochs by ``drop / 2`` or more in all (it is still getting worse), or below ``floor``
+        (it mostly disagrees).
 
         Args:
             drop: How far below its peak the final agreement may be.
@@ -165,7 +166,7 @@ class DataFreeProbe(Callback):
                 f"the student's agreement with the teacher on the run's own probes fell from {values[peak]:.3f} "
                 f"(epoch {self.history[peak]['epoch']}) to {final:.3f}: it forgot what it had learnt"
             )
-        elif len(values) >= 3 and values[-3] > values[-2] > final:
+        elif len(values) >= 3 and values[-3] > values[-2] > final and values[-3] - final >= drop / 2:
             found.append(
                 f"the student's agreement with the teacher on the run's own probes fell over the last two epochs "
                 f"({values[-3]:.3f}, {values[-2]:.3f}, {final:.3f})"

@@ -20,7 +20,7 @@ run: $(STAMP)  ## The embedded default run (digits, CPU); pass overrides as ARGS
 test: $(STAMP)  ## The whole test suite (what CI runs).
 	$(BIN)/python -m pytest
 
-test-fast: $(STAMP)  ## The development tier: every module, no subprocess runs or real data (under 3 min).
+test-fast: $(STAMP)  ## The development tier: every module; long runs (processes, whole real-data paths) left out.
 	$(BIN)/python -m pytest -m "not slow"
 
 lint: $(STAMP)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
@@ -13,7 +14,8 @@ from omegaconf import DictConfig, open_dict
 
 ROOT = Path(__file__).resolve().parents[1]
 CONF = ROOT / "conf"
-SHARED_DATA = ROOT.parent / "shared" / "data"
+# Real data for the tests marked shared_data: DFAD_TEST_DATA, or the team's folder beside the checkout.
+SHARED_DATA = Path(os.environ.get("DFAD_TEST_DATA", ROOT.parent / "shared" / "data"))
 
 # A few iterations of a narrow generator on small batches: seconds on a CPU.
 TINY = [

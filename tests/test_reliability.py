@@ -71,7 +71,7 @@ def test_skip_mode_skips_and_counts_nonfinite_steps(tmp_path):
         (["dataset.image_size=[30,30]"], "generator", "multiples of 4"),
         (["dataset.image_size=[16,16]"], "teacher", "cannot take inputs of shape (1, 16, 16)"),
         (["trainer.precision=16-mixed"], "trainer.precision", "16-mixed"),
-        (["callbacks.checkpoint.every_n_iterations=0"], "callbacks", "every_n_iterations must be at least 1"),
+        (["callbacks.checkpoint.every_n_iterations=0"], "callbacks.checkpoint.every_n_iterations", "at least 1"),
     ],
 )
 def test_bad_input_fails_before_training_naming_the_key(make_cfg, overrides, key, text):

@@ -236,6 +236,7 @@ def test_real_camvid_has_every_pair_with_labels_in_range(tmp_path):
     assert colorize(mask[None], palette).shape == (1, 3, 256, 344)
 
 
+@pytest.mark.slow
 @pytest.mark.shared_data
 def test_real_camvid_whole_path_on_the_cpu(make_cfg, tmp_path):
     common = [

@@ -79,15 +79,24 @@ PAPER = ["recipe=paper", "system.student_optimizer.lr=0.01", "system.student_opt
 METHODS: dict[str, list[str]] = {
     "dfad": ["method=dfad", *PAPER],
     "dafl": ["method=dafl", *PAPER],
+    "dfq": ["method=dfq", *PAPER],
     "ema": ["method=dfad", *PAPER, "system.ema_decay=0.99"],
     "replay": ["method=dfad", *PAPER, "system.replay_size=4096"],
     "balance": ["method=dfad", *PAPER, "system.balance=1"],
     "bn_prior": ["method=dfad", *PAPER, "system.bn_prior=1"],
-    "dfq": ["method=dfq", *PAPER],
     "cosine": ["method=dfad", *PAPER, "schedule=cosine"],
-    "generator_lr_1e-4": ["method=dfad", *PAPER, "system.generator_optimizer.lr=1e-4"],
     "robust": ["method=dfad", "recipe=robust"],
 }
+# Variants measured while choosing the recipe (README), run by name: --methods robust_cosine ...
+VARIANTS: dict[str, list[str]] = {
+    "generator_lr_1e-4": ["method=dfad", *PAPER, "system.generator_optimizer.lr=1e-4"],
+    "bn_prior_10": ["method=dfad", *PAPER, "system.bn_prior=10"],
+    "robust_cosine": ["method=dfad", "recipe=robust", "schedule=cosine"],
+    "robust_kl_dfq_weights": ["method=dfad", "recipe=robust", "loss=kl", "system.balance=20"],
+    "robust_balance_only": ["method=dfad", "recipe=robust", "system.one_hot=0", "system.balance=1"],
+    "robust_balance_only_cosine": ["method=dfad", "recipe=robust", "system.one_hot=0", "system.balance=1",
+                                   "schedule=cosine"],
+}  # fmt: skip
 
 
 def command(overrides: list[str], run_dir: Path, data: Path, out: Path) -> list[str]:
@@ -129,7 +138,7 @@ def run_panel(args: argparse.Namespace) -> None:
             for seed in args.seeds:
                 run_dir = out / "runs" / setting / method / f"seed{seed}"
                 if not (run_dir / "results.json").exists():
-                    overrides = [*SETTINGS[setting], *teacher, *SIZE, *METHODS[method], f"seed={seed}"]
+                    overrides = [*SETTINGS[setting], *teacher, *SIZE, *{**METHODS, **VARIANTS}[method], f"seed={seed}"]
                     jobs.append((command(overrides, run_dir, data, out), run_dir.with_suffix(".log")))
     print(f"{len(jobs)} runs to do, {args.jobs} at a time with {threads} thread(s) each", flush=True)
     start = time.monotonic()
@@ -199,7 +208,7 @@ def main() -> None:
     parser.add_argument("--data-dir", type=Path, required=True, help="holds mnist/ and cifar10/test/")
     parser.add_argument("--out", type=Path, default=ROOT / "outputs" / "panel", help="teachers, runs and tables")
     parser.add_argument("--settings", nargs="+", default=list(SETTINGS), choices=list(SETTINGS))
-    parser.add_argument("--methods", nargs="+", default=list(METHODS), choices=list(METHODS))
+    parser.add_argument("--methods", nargs="+", default=list(METHODS), choices=[*METHODS, *VARIANTS])
     parser.add_argument("--seeds", nargs="+", type=int, default=[0, 1, 2])
     parser.add_argument("--jobs", type=int, default=2, help="runs at a time (each gets cores / jobs threads)")
     parser.add_argument("--report-only", action="store_true", help="only tabulate the runs already finished")

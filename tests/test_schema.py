@@ -84,3 +84,14 @@ def test_the_defaults_and_every_experiment_pass_the_schema(make_cfg):
     check_types(make_cfg(tiny=False))
     for experiment in sorted(p.stem for p in (CONF / "experiment").glob("*.yaml")):
         check_types(make_cfg(f"experiment={experiment}", tiny=False))
+
+
+@pytest.mark.parametrize(("overrides", "key", "detail"), BAD, ids=[b[0] for b in BAD])
+def test_what_a_user_sees_is_one_line_and_exit_2(make_cfg, capsys, overrides, key, detail):
+    from dfad_lightning.tasks import main
+
+    with pytest.raises(SystemExit) as done:
+        main(make_cfg(*overrides.split()))
+    err = capsys.readouterr().err
+    assert done.value.code == 2 and err.startswith(f"Error: {key}: ") and err.count("\n") == 1
+    assert "Traceback" not in err

@@ -14,8 +14,9 @@ QUIET = ["trainer.enable_progress_bar=false", f"paths.data_dir={SHARED_DATA}"]
 
 @pytest.mark.parametrize(
     ("depth", "file", "at_least"),
-    # Measured independently on this JPEG copy of the test set: 0.8320 and 0.8103.
-    [(56, "resnet56-4bfd9763.th", 0.83), (20, "resnet20-12fca82f.th", 0.81)],
+    # Measured independently on this JPEG copy of the test set: 0.8103 (ResNet-56: 0.8320, through
+    # the same loading path; left out of the suite for its 33 s on 2 cores).
+    [(20, "resnet20-12fca82f.th", 0.81)],
 )
 def test_akamaster_teachers_score_as_measured_on_the_jpeg_cifar10_test_set(make_cfg, depth, file, at_least):
     cfg = make_cfg(
@@ -44,7 +45,11 @@ def test_mnist_lenet5_teacher_reaches_the_papers_accuracy(mnist_teacher):
 
 
 def test_cpu_sized_dfad_on_real_mnist_beats_090(mnist_teacher, make_cfg):
-    cfg = make_cfg("experiment=cpu_mnist", f"teacher.checkpoint={mnist_teacher['checkpoint']}", *QUIET, tiny=False)
+    # Half of cpu_mnist's 300 iterations: enough to pass 0.90 (the README's tables use the whole run).
+    half = "trainer.max_epochs=3"
+    cfg = make_cfg(
+        "experiment=cpu_mnist", half, f"teacher.checkpoint={mnist_teacher['checkpoint']}", *QUIET, tiny=False
+    )
     results = run(cfg)
     assert results["student"]["final"] > 0.90
     assert results["teacher"] == pytest.approx(mnist_teacher["teacher"])

@@ -17,11 +17,15 @@ install: $(STAMP)  ## Create .venv and install the project with its development 
 run: $(STAMP)  ## The embedded default run (digits, CPU); pass overrides as ARGS="key=value ...".
 	$(BIN)/python train.py $(ARGS)
 
+# Both tiers run one pytest worker per core (pytest-xdist), each test file on one worker so that
+# a file's module fixtures (a trained teacher, a straight run to compare with) are built once.
+PYTEST := $(BIN)/python -m pytest -n auto --dist loadfile
+
 test: $(STAMP)  ## The whole test suite (what CI runs).
-	$(BIN)/python -m pytest
+	$(PYTEST)
 
 test-fast: $(STAMP)  ## The development tier: every module; long runs (processes, whole real-data paths) left out.
-	$(BIN)/python -m pytest -m "not slow"
+	$(PYTEST) -m "not slow"
 
 lint: $(STAMP)
 	$(BIN)/ruff check .

@@ -62,6 +62,15 @@ def make_cfg(tmp_path: Path, cache_dir: Path) -> Iterator[Callable[..., DictConf
     GlobalHydra.instance().clear()
 
 
+def pytest_configure(config: pytest.Config) -> None:
+    """Under pytest-xdist, share the cores between the workers instead of each taking all of them."""
+    workers = int(os.environ.get("PYTEST_XDIST_WORKER_COUNT", "1"))
+    if workers > 1:
+        import torch
+
+        torch.set_num_threads(max(1, (os.cpu_count() or 1) // workers))
+
+
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
     """Skip real-data tests where ``../shared/data`` is absent, and GPU tests without a GPU."""
     import torch

@@ -277,9 +277,10 @@ class DFAD(LightningModule):
             opt_s.step()
 
         # Generation stage: one generator step on a fresh sample, maximising the discrepancy (with
-        # the configured priors, see generator_loss). Gradients flow through T and S into G; toggling freezes the student's weights so that
-        # only G changes (and no student gradient is computed). The student stays in train mode,
-        # as in the authors' code: its BatchNorm uses, and records, this batch's statistics.
+        # the configured priors, see generator_loss). Gradients flow through T and S into G;
+        # toggling freezes the student's weights so that only G changes (and no student gradient
+        # is computed). The student stays in train mode, as in the authors' code: its BatchNorm
+        # uses, and records, this batch's statistics.
         # (Baselines whose inputs do not come from a trained generator skip this stage.)
         loss_g = torch.zeros((), device=z.device)
         if self.train_generator:

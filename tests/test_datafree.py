@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import json
+import math
+from types import SimpleNamespace
 
 import pytest
 import torch
@@ -26,7 +28,15 @@ def test_the_probe_logs_every_epoch_and_leaves_training_unchanged(tmp_path):
     plain, _ = fit(tmp_path, [])
     for a, b in zip(probed.state_dict().values(), plain.state_dict().values(), strict=True):
         assert torch.equal(a, b)  # snapshots and comparisons change no weight, statistic or random stream
-    names = {"agreement", "mae", "latest_agreement", "latest_mae", "noise_agreement", "noise_mae"}
+    names = {
+        "agreement",
+        "mae",
+        "latest_agreement",
+        "latest_mae",
+        "noise_agreement",
+        "noise_mae",
+        "latest_class_spread",
+    }
     assert {f"val_datafree/{n}" for n in names} <= set(trainer.callback_metrics)
     assert [h["epoch"] for h in probe.history] == [0, 1, 2]
     assert all(0.0 <= h["agreement"] <= 1.0 and h["real"] is not None for h in probe.history)
@@ -99,6 +109,34 @@ def test_the_signal_warns_when_the_student_stops_following_the_teacher(tmp_path)
     probe.history = history(0.2, 0.3, 0.4)
     (low,) = probe.warnings()
     assert "only 40%" in low
+    probe.history = [*history(0.8, 0.9), {"epoch": 2, "agreement": 0.95, "latest_class_spread": 0.48}]
+    (collapsed,) = probe.warnings()  # high agreement, but on samples of a few classes
+    assert "class spread 0.48" in collapsed and "collapsed" in collapsed
+    probe.history[-1]["latest_class_spread"] = 0.85
+    assert probe.warnings() == []
+
+
+class ClassOfInput(torch.nn.Module):
+    """A "teacher" whose top-1 class is the value of the input's first pixel."""
+
+    def forward(self, x):
+        return torch.nn.functional.one_hot(x[:, 0, 0, 0].long(), 10).float()
+
+
+@pytest.mark.parametrize(
+    ("classes", "expected"),
+    [([0] * 20, 0.0), (list(range(10)) * 2, 1.0), ([0, 1] * 10, math.log(2) / math.log(10)), ([3, 7], 1.0)],
+)
+def test_the_class_spread_is_the_normalised_entropy_of_the_teachers_classes(tmp_path, classes, expected):
+    system = SimpleNamespace(teacher=ClassOfInput(), device=torch.device("cpu"))
+    inputs = torch.tensor(classes, dtype=torch.float).view(-1, 1, 1, 1).expand(-1, 1, 4, 4)
+    probe = DataFreeProbe(tmp_path, nz=16, batch_size=8)  # several batches
+    assert probe.class_spread(system, inputs) == pytest.approx(expected, abs=1e-6)
+
+
+def test_dense_outputs_have_no_class_spread(tmp_path):
+    system = SimpleNamespace(teacher=lambda x: torch.zeros(len(x), 5, 4, 4), device=torch.device("cpu"))
+    assert DataFreeProbe(tmp_path, nz=16).class_spread(system, torch.zeros(3, 1, 4, 4)) is None
 
 
 def test_the_report_prints_the_warnings_with_what_to_try():

@@ -163,6 +163,14 @@ def test_the_batchnorm_prior_is_zero_on_data_with_the_layers_statistics():
     assert float(prior.loss().detach()) > 2.0
 
 
+def test_the_batchnorm_prior_is_nothing_on_a_teacher_without_batchnorm():
+    # make_system's teacher is a LeNet-5: the prior finds no layer and the generator's loss is the paper's.
+    plain, primed = make_system(), make_system(bn_prior=1.0)
+    x = primed.generator(torch.randn(8, 16))
+    s, t = primed.student(x), primed.teacher(x)
+    assert torch.equal(primed.generator_loss(s, t), plain.generator_loss(s, t))
+
+
 def test_priors_add_to_the_generators_loss_and_only_there():
     plain, primed = make_system(), make_system(balance=2.0, one_hot=0.5)
     x = plain.generator(torch.randn(8, 16))

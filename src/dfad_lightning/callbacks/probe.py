@@ -180,8 +180,8 @@ class DataFreeProbe(Callback):
             drop: How far below its peak the final agreement may be.
             floor: The lowest acceptable final agreement.
             spread: The lowest acceptable final class spread. On the robustness panel (README)
-                every run that ended below 0.7 had collapsed (student/teacher 0.07 to 0.37), and
-                every good run was above 0.78.
+                every run that ended below 0.7 had failed (student/teacher 0.07 to 0.48), and
+                every run at half its teacher or more was at 0.79 or above.
         """
         values = [h["agreement"] for h in self.history]
         if not values:

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import json
 import math
-from types import SimpleNamespace
 
 import pytest
 import torch
@@ -128,27 +127,20 @@ class ClassOfInput(torch.nn.Module):
     [([0] * 20, 0.0), (list(range(10)) * 2, 1.0), ([0, 1] * 10, math.log(2) / math.log(10)), ([3, 7], 1.0)],
 )
 def test_the_class_spread_is_the_normalised_entropy_of_the_teachers_classes(tmp_path, classes, expected):
-    system = SimpleNamespace(teacher=ClassOfInput(), device=torch.device("cpu"))
+    system = make_system()
+    system.teacher = ClassOfInput()
     inputs = torch.tensor(classes, dtype=torch.float).view(-1, 1, 1, 1).expand(-1, 1, 4, 4)
     probe = DataFreeProbe(tmp_path, nz=16, batch_size=8)  # several batches
     assert probe.class_spread(system, inputs) == pytest.approx(expected, abs=1e-6)
 
 
+class Dense(torch.nn.Module):
+    def forward(self, x):
+        return torch.zeros(len(x), 5, 4, 4)
+
+
 def test_dense_outputs_have_no_class_spread(tmp_path):
-    system = SimpleNamespace(teacher=lambda x: torch.zeros(len(x), 5, 4, 4), device=torch.device("cpu"))
+    system = make_system()
+    system.teacher = Dense()
+    assert system.top_classes(torch.zeros(3, 5, 4, 4)) is None
     assert DataFreeProbe(tmp_path, nz=16).class_spread(system, torch.zeros(3, 1, 4, 4)) is None
-
-
-def test_the_report_prints_the_warnings_with_what_to_try():
-    from dfad_lightning.tasks.distill import report
-
-    results = {
-        "method": "DFAD", "recipe": "paper", "dataset": "idx", "metric": "acc", "iterations": 300,
-        "wall_time_s": 80.0, "teacher": 0.877, "student": {"final": 0.43, "best": 0.58, "best_epoch": 2},
-        "ratio": 0.49, "real_data": True, "output_dir": "out",
-        "datafree": {"final": {"agreement": 0.5}, "selected_epoch": 2, "selected_checkpoint": "c.ckpt",
-                     "warnings": ["the student's agreement ... fell"]},
-    }  # fmt: skip
-    text = report(results)
-    assert "WARNING: the student's agreement ... fell" in text and "try recipe=robust" in text
-    assert "recipe=robust" not in report({**results, "recipe": "robust"}).split("WARNING")[1]

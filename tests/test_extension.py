@@ -86,3 +86,6 @@ def test_the_multilabel_example_runs_through_the_config(make_cfg):
     # The per-label precisions are those of the last evaluation: their mean is the macro mAP.
     per_label = torch.tensor(results["per_label_ap"])
     assert per_label.mean().item() == pytest.approx(results["student"]["final"], abs=1e-3)
+    # Labels are not exclusive classes: the example opts out of the class-spread warning.
+    assert "latest_agreement" in results["datafree"]["final"]
+    assert "latest_class_spread" not in results["datafree"]["final"]

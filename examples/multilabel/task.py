@@ -91,6 +91,10 @@ class MultiLabelDFAD(DFAD):
             "mae": self.discrepancy(student_out, teacher_out),
         }
 
+    def top_classes(self, teacher_out: Tensor) -> None:
+        """Labels are not exclusive classes: no class-spread warning for this task."""
+        return None
+
     def on_validation_epoch_start(self) -> None:
         """Start each evaluation's per-label precision afresh (the base metrics reset themselves)."""
         super().on_validation_epoch_start()

@@ -120,19 +120,21 @@ class DataFreeProbe(Callback):
     def class_spread(self, pl_module: LightningModule, inputs: Tensor) -> float | None:
         """How evenly the teacher spreads ``inputs`` over its classes: 1 even, 0 all in one class.
 
-        The entropy of the teacher's top-1 classes, divided by its largest possible value (the
-        log of the number of classes, or of samples if fewer). A generator that has collapsed onto
-        a few classes scores low however well the student imitates the teacher there, which the
-        agreement cannot show. Only for outputs of one score per class (``samples x classes``);
-        dense outputs are uneven by nature (most pixels are road or sky), so ``None``.
+        The entropy of the teacher's classes (the module's
+        :meth:`~dfad_lightning.systems.DFAD.top_classes` hook), divided by its largest possible
+        value (the log of the number of classes, or of samples if fewer). A generator that has
+        collapsed onto a few classes scores low however well the student imitates the teacher
+        there, which the agreement cannot show. ``None`` where the hook gives no classes (dense or
+        multi-label outputs).
         """
         system = cast(DFAD, pl_module)
         outputs = torch.cat([system.teacher(batch.to(system.device)) for batch in torch.split(inputs, self.batch_size)])
-        if outputs.dim() != 2 or outputs.shape[1] < 2 or len(outputs) < 2:
+        classes = system.top_classes(outputs)
+        if classes is None or len(classes) < 2:
             return None
-        shares = torch.bincount(outputs.argmax(1), minlength=outputs.shape[1]).float() / len(outputs)
+        shares = torch.bincount(classes.flatten(), minlength=outputs.shape[1]).float() / classes.numel()
         shares = shares[shares > 0]
-        return float(-(shares * shares.log()).sum() / math.log(min(outputs.shape[1], len(outputs))))
+        return float(-(shares * shares.log()).sum() / math.log(min(outputs.shape[1], classes.numel())))
 
     def on_train_epoch_end(self, trainer: Trainer, pl_module: LightningModule) -> None:
         """Draw this epoch's snapshot, compare on the probe sets, log the values."""

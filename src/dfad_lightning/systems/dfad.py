@@ -239,6 +239,18 @@ class DFAD(LightningModule):
             "mae": (student_out - teacher_out).abs().mean(),
         }
 
+    def top_classes(self, teacher_out: Tensor) -> Tensor | None:
+        """The teacher's class of each probe, for the class-spread warning of the data-free signal.
+
+        :class:`~dfad_lightning.callbacks.DataFreeProbe` measures how evenly the generator's latest
+        samples spread over these classes; a generator that collapsed onto a few of them is
+        caught there. The default: the top-1 class where the output is one score per class
+        (``samples x classes``), and ``None`` (no such warning) for dense outputs, whose classes
+        are uneven by nature (most pixels are road or sky). A task whose outputs are not classes
+        (multi-label scores, regression) returns ``None``.
+        """
+        return teacher_out.argmax(1) if teacher_out.dim() == 2 and teacher_out.shape[1] > 1 else None
+
     def report(self) -> dict[str, Any]:
         """Task-specific results, added to ``results.json`` at the end of a run (default: none).
 

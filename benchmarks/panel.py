@@ -97,6 +97,7 @@ VARIANTS: dict[str, list[str]] = {
     "robust_balance_only_cosine": ["method=dfad", "recipe=robust", "system.one_hot=0", "system.balance=1",
                                    "schedule=cosine"],
 }  # fmt: skip
+RUNNABLE = {**METHODS, **VARIANTS}
 
 
 def command(overrides: list[str], run_dir: Path, data: Path, out: Path) -> list[str]:
@@ -138,7 +139,7 @@ def run_panel(args: argparse.Namespace) -> None:
             for seed in args.seeds:
                 run_dir = out / "runs" / setting / method / f"seed{seed}"
                 if not (run_dir / "results.json").exists():
-                    overrides = [*SETTINGS[setting], *teacher, *SIZE, *{**METHODS, **VARIANTS}[method], f"seed={seed}"]
+                    overrides = [*SETTINGS[setting], *teacher, *SIZE, *RUNNABLE[method], f"seed={seed}"]
                     jobs.append((command(overrides, run_dir, data, out), run_dir.with_suffix(".log")))
     print(f"{len(jobs)} runs to do, {args.jobs} at a time with {threads} thread(s) each", flush=True)
     start = time.monotonic()
@@ -208,7 +209,7 @@ def main() -> None:
     parser.add_argument("--data-dir", type=Path, required=True, help="holds mnist/ and cifar10/test/")
     parser.add_argument("--out", type=Path, default=ROOT / "outputs" / "panel", help="teachers, runs and tables")
     parser.add_argument("--settings", nargs="+", default=list(SETTINGS), choices=list(SETTINGS))
-    parser.add_argument("--methods", nargs="+", default=list(METHODS), choices=[*METHODS, *VARIANTS])
+    parser.add_argument("--methods", nargs="+", default=list(METHODS), choices=list(RUNNABLE))
     parser.add_argument("--seeds", nargs="+", type=int, default=[0, 1, 2])
     parser.add_argument("--jobs", type=int, default=2, help="runs at a time (each gets cores / jobs threads)")
     parser.add_argument("--report-only", action="store_true", help="only tabulate the runs already finished")

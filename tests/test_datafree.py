@@ -115,6 +115,21 @@ def test_the_signal_warns_when_the_student_stops_following_the_teacher(tmp_path)
     assert probe.warnings() == []
 
 
+def test_the_report_prints_the_warnings_with_what_to_try():
+    from dfad_lightning.tasks.distill import report
+
+    results = {
+        "method": "DFAD", "recipe": "paper", "dataset": "idx", "metric": "acc", "iterations": 300,
+        "wall_time_s": 80.0, "teacher": 0.877, "student": {"final": 0.43, "best": 0.58, "best_epoch": 2},
+        "ratio": 0.49, "real_data": True, "output_dir": "out",
+        "datafree": {"final": {"agreement": 0.5}, "selected_epoch": 2, "selected_checkpoint": "c.ckpt",
+                     "warnings": ["the student's agreement ... fell"]},
+    }  # fmt: skip
+    text = report(results)
+    assert "WARNING: the student's agreement ... fell" in text and "try recipe=robust" in text
+    assert "recipe=robust" not in report({**results, "recipe": "robust"}).split("WARNING")[1]
+
+
 class ClassOfInput(torch.nn.Module):
     """A "teacher" whose top-1 class is the value of the input's first pixel."""
 
@@ -135,6 +150,8 @@ def test_the_class_spread_is_the_normalised_entropy_of_the_teachers_classes(tmp_
 
 
 class Dense(torch.nn.Module):
+    """A "teacher" with one score per class and pixel, like a segmentation network."""
+
     def forward(self, x):
         return torch.zeros(len(x), 5, 4, 4)
 

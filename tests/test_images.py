@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import gzip
 import json
 
 import numpy as np
@@ -10,17 +9,8 @@ import pytest
 import torch
 from PIL import Image
 
-from dfad_lightning.data.images import CIFAR, Caltech101, IDXDataset, ImageFolderDataset, mnist, read_idx
+from dfad_lightning.data.images import CIFAR, Caltech101, IDXDataset, ImageFolderDataset, mnist, read_idx, write_idx
 from dfad_lightning.errors import ConfigError
-
-
-def write_idx(path, array: np.ndarray) -> None:
-    code = {np.uint8: 0x08}[array.dtype.type]
-    header = bytes([0, 0, code, array.ndim]) + b"".join(int(d).to_bytes(4, "big") for d in array.shape)
-    data = header + array.tobytes()
-    opener = gzip.open if str(path).endswith(".gz") else open
-    with opener(path, "wb") as f:
-        f.write(data)
 
 
 def fake_mnist(folder, n=6, gz=True):

@@ -88,6 +88,26 @@ def read_idx(path: str | Path) -> np.ndarray:
     return array.reshape(shape)
 
 
+def write_idx(path: str | Path, array: np.ndarray) -> None:
+    """Write a uint8 array as an IDX file (gzipped if ``path`` ends in ``.gz``), as :func:`read_idx` reads it.
+
+    How to bring any labelled images to ``dataset=idx``: images ``(N, H, W)`` or ``(N, H, W, C)``,
+    labels ``(N,)``.
+
+    >>> import tempfile, os
+    >>> f = os.path.join(tempfile.mkdtemp(), "x.idx.gz")
+    >>> write_idx(f, np.arange(6, dtype=np.uint8).reshape(2, 3))
+    >>> read_idx(f).tolist()
+    [[0, 1, 2], [3, 4, 5]]
+    """
+    if array.dtype != np.uint8:
+        raise ValueError(f"write_idx writes uint8 arrays, got {array.dtype}")
+    header = bytes([0, 0, 0x08, array.ndim]) + b"".join(int(d).to_bytes(4, "big") for d in array.shape)
+    opener = gzip.open if str(path).endswith(".gz") else open
+    with opener(path, "wb") as f:
+        f.write(header + np.ascontiguousarray(array).tobytes())
+
+
 class IDXDataset(_Transformed):
     """Images and labels from a pair of IDX files (gzipped or not), resized to ``image_size``.
 

@@ -24,10 +24,20 @@ from dfad_lightning.errors import ConfigError
 from dfad_lightning.networks.generators import as_size
 from dfad_lightning.systems import DFAD, Supervised
 
-# Two messages of Lightning that are not the user's to act on: an advertisement at every Trainer
-# start, and a deprecation inside Lightning 2.6 that torch 2.14 reports at every fit.
-logging.getLogger("lightning.pytorch.utilities.rank_zero").addFilter(lambda r: "Tip: " not in r.getMessage())
-warnings.filterwarnings("ignore", message=r"`isinstance\(treespec, LeafSpec\)` is deprecated", category=FutureWarning)
+
+def quiet_lightning() -> None:
+    """Silence two messages of Lightning that are not the user's to act on.
+
+    An advertisement at every Trainer start, and a deprecation inside Lightning 2.6 that torch
+    2.14 reports at every fit. Done on importing this module; scripts that build their own
+    Trainer (the benchmarks) call it too.
+    """
+    logging.getLogger("lightning.pytorch.utilities.rank_zero").addFilter(lambda r: "Tip: " not in r.getMessage())
+    deprecation = r"`isinstance\(treespec, LeafSpec\)` is deprecated"
+    warnings.filterwarnings("ignore", message=deprecation, category=FutureWarning)
+
+
+quiet_lightning()
 
 
 def build_network(node: DictConfig, key: str) -> nn.Module:

@@ -14,7 +14,10 @@ Settings (CPU-sized: 300 iterations of batch 128, a narrow Generator-A, LeNet-5-
 - ``mnist_bn``: MNIST, a CIFAR ResNet-8 teacher with BatchNorm throughout (~5 min to train);
 - ``cifar10``: a harder natural-image setting: a copy of the CIFAR-10 *test* images as class
   folders, split per class (seeded, saved) into 8,000 images that train a LeNet-5 colour teacher
-  and 2,000 held out to evaluate.
+  and 2,000 held out to evaluate;
+- ``grey_idx`` (run by name: a check added after the recipe was fixed): the same split, greyscale 28x28,
+  written as IDX files and read through ``dataset=idx`` with a LeNet-5 teacher: the path a user of a
+  new MNIST-format dataset takes, on images that are not digits.
 
 Teachers are trained once into ``OUT/teachers``; runs go to ``OUT/runs/<setting>/<method>/seed<N>``
 and a finished run is never run again, so an interrupted panel resumes where it stopped. Jobs run
@@ -25,6 +28,7 @@ Usage (from the repository root; the full panel is ~100 runs, about 3 hours on 2
 
     python benchmarks/panel.py --data-dir DATA            # DATA/mnist, DATA/cifar10/test
     python benchmarks/panel.py --data-dir DATA --settings digits mnist --methods dfad robust --seeds 0
+    python benchmarks/panel.py --data-dir DATA --settings grey_idx --methods dfad dafl dfq robust
 """
 
 from __future__ import annotations
@@ -62,13 +66,22 @@ CIFAR = [
     "dataset.split_file={out}/cifar10-split.json",
 ]
 
-# name -> (the dataset and teacher, or None where the teacher trains on the fly).
+GREY_IDX = [
+    "dataset=idx",
+    "dataset.num_classes=10",
+    *(f"dataset.files.{part}_{kind}={{out}}/grey-idx/{part}-{kind}.gz" for part in ("train", "test")
+      for kind in ("images", "labels")),
+]  # fmt: skip
+
+# name -> the overrides of its dataset and teacher.
 SETTINGS: dict[str, list[str]] = {
     "digits": ["dataset=digits"],
     "mnist": ["dataset=mnist", "paths.data_dir={data}"],
     "mnist_bn": ["dataset=mnist", "paths.data_dir={data}", "teacher=cifar_resnet8"],
     "cifar10": CIFAR,
+    "grey_idx": GREY_IDX,
 }
+PANEL = ["digits", "mnist", "mnist_bn", "cifar10"]  # what runs by default; grey_idx by name (--settings)
 TRAINS_ITS_TEACHER = {"digits"}
 
 # The paper's hyperparameters for small networks (its MNIST row), shared by every method that
@@ -96,6 +109,8 @@ VARIANTS: dict[str, list[str]] = {
     "robust_balance_only": ["method=dfad", "recipe=robust", "system.one_hot=0", "system.balance=1"],
     "robust_balance_only_cosine": ["method=dfad", "recipe=robust", "system.one_hot=0", "system.balance=1",
                                    "schedule=cosine"],
+    "robust_student_lr_0.05": ["method=dfad", "recipe=robust", "system.student_optimizer.lr=0.05"],
+    "robust_student_lr_0.1": ["method=dfad", "recipe=robust", "system.student_optimizer.lr=0.1"],
 }  # fmt: skip
 RUNNABLE = {**METHODS, **VARIANTS}
 
@@ -116,10 +131,31 @@ def execute(cmd: list[str], log: Path, threads: int) -> None:
         raise RuntimeError(f"failed ({done.returncode}): {' '.join(cmd[1:])}; see {log}")
 
 
+def write_grey_idx(data: Path, out: Path) -> None:
+    """The ``grey_idx`` setting's files: the CIFAR-10 split, greyscale 28x28, as IDX files (once)."""
+    folder = out / "grey-idx"
+    if (folder / "test-labels.gz").exists():
+        return
+    import numpy as np
+
+    from dfad_lightning.data.images import ImageFolderDataset, write_idx
+
+    folder.mkdir(parents=True, exist_ok=True)
+    for part in ("train", "test"):
+        images = ImageFolderDataset(data / "cifar10" / "test", 28, channels=1, split=part,
+                                    split_file=out / "cifar10-split.json")  # fmt: skip
+        pixels = np.stack([(images[i][0][0].numpy() * 255).round().astype(np.uint8) for i in range(len(images))])
+        labels = np.array([y for _, y in images.samples], dtype=np.uint8)
+        write_idx(folder / f"{part}-images.gz", pixels)
+        write_idx(folder / f"{part}-labels.gz", labels)
+
+
 def teacher_overrides(setting: str, data: Path, out: Path, threads: int) -> list[str]:
     """Train the setting's teacher once (``task=teacher``) and return what loads it."""
     if setting in TRAINS_ITS_TEACHER:
         return []
+    if setting == "grey_idx":
+        write_grey_idx(data, out)
     run_dir = out / "teachers" / setting
     if not (run_dir / "results.json").exists():
         print(f"training the {setting} teacher", flush=True)
@@ -208,7 +244,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--data-dir", type=Path, required=True, help="holds mnist/ and cifar10/test/")
     parser.add_argument("--out", type=Path, default=ROOT / "outputs" / "panel", help="teachers, runs and tables")
-    parser.add_argument("--settings", nargs="+", default=list(SETTINGS), choices=list(SETTINGS))
+    parser.add_argument("--settings", nargs="+", default=PANEL, choices=list(SETTINGS))
     parser.add_argument("--methods", nargs="+", default=list(METHODS), choices=list(RUNNABLE))
     parser.add_argument("--seeds", nargs="+", type=int, default=[0, 1, 2])
     parser.add_argument("--jobs", type=int, default=2, help="runs at a time (each gets cores / jobs threads)")

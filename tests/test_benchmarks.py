@@ -1,12 +1,20 @@
-"""The speed benchmark runs in CI-sized form (its ratio is measured, never asserted: timings are not tests)."""
+"""The benchmarks: the speed benchmark in CI-sized form (its ratio is measured, never asserted: timings are
+not tests), the GPU checks and the robustness panel composed, the panel's IDX setting built from images."""
 
 from __future__ import annotations
 
+import importlib.util
+import json
 import subprocess
 import sys
 
+import numpy as np
 import pytest
+import torch
 from conftest import ROOT
+from PIL import Image
+
+from dfad_lightning.data.images import IDXDataset, ImageFolderDataset
 
 
 @pytest.mark.slow
@@ -26,3 +34,46 @@ def test_every_command_of_the_gpu_checks_composes(tmp_path):
     assert done.returncode == 0, done.stdout[-2000:] + done.stderr[-2000:]
     composed = [line for line in done.stdout.splitlines() if line.startswith("composes: ")]
     assert len(composed) == 4, done.stdout[-2000:]
+
+
+def load_panel():
+    """``benchmarks/panel.py`` as a module (it is a script, not part of the package)."""
+    spec = importlib.util.spec_from_file_location("panel", ROOT / "benchmarks" / "panel.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_every_run_of_the_panel_composes(make_cfg, tmp_path):
+    panel = load_panel()
+    for setting, dataset in panel.SETTINGS.items():
+        teacher = [] if setting in panel.TRAINS_ITS_TEACHER else [f"teacher.checkpoint={tmp_path / 't.pt'}"]
+        for method, overrides in panel.RUNNABLE.items():
+            filled = [o.format(data=tmp_path, out=tmp_path) for o in [*dataset, *teacher, *panel.SIZE, *overrides]]
+            cfg = make_cfg(*filled, tiny=False)
+            assert cfg.data.batch_size == 128 and cfg.generator.ngf == 16, (setting, method)
+            assert cfg.recipe.name == ("robust" if "recipe=robust" in overrides else "paper"), (setting, method)
+    assert make_cfg(*[o.format(data=tmp_path, out=tmp_path) for o in panel.GREY_IDX]).dataset.name == "idx"
+
+
+def test_the_grey_idx_setting_is_the_cifar_split_in_grey_as_idx_files(tmp_path):
+    panel = load_panel()
+    rng = np.random.default_rng(0)
+    for name in ("cat", "dog"):
+        (tmp_path / "data" / "cifar10" / "test" / name).mkdir(parents=True)
+        for i in range(5):
+            pixels = rng.integers(0, 256, (32, 32, 3), dtype=np.uint8)
+            Image.fromarray(pixels).save(tmp_path / "data" / "cifar10" / "test" / name / f"{i:04d}.png")
+    panel.write_grey_idx(tmp_path / "data", tmp_path / "out")
+
+    split = json.loads((tmp_path / "out" / "cifar10-split.json").read_text())
+    for part, n in (("train", 8), ("test", 2)):
+        files = {k: tmp_path / "out" / "grey-idx" / f"{part}-{k}.gz" for k in ("images", "labels")}
+        idx = IDXDataset(files["images"], files["labels"])
+        folder = ImageFolderDataset(tmp_path / "data" / "cifar10" / "test", 28, channels=1, split=part,
+                                    split_file=tmp_path / "out" / "cifar10-split.json")  # fmt: skip
+        assert len(idx) == len(folder) == len(split[part]) == n
+        for i in range(n):
+            (x, y), (x_ref, y_ref) = idx[i], folder[i]
+            assert x.shape == (1, 28, 28) and y == y_ref
+            assert torch.allclose(x, x_ref, atol=0.5 / 255)

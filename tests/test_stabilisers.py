@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import warnings
+
 import pytest
 import torch
 from test_dfad import K, fit, make_system, same, snapshot
@@ -118,6 +120,28 @@ def test_student_steps_add_past_samples_after_the_first(tmp_path):
     restored.on_load_checkpoint({"state_dict": state})  # makes the memory the checkpoint holds
     restored.load_state_dict(state)
     assert restored.memory is not None and torch.equal(restored.memory.samples, system.memory.samples)
+
+
+def test_a_half_size_memory_stores_bfloat16_and_the_student_steps_still_run(tmp_path):
+    system = make_system(cls=SeesInputs, replay_size=32, replay_fraction=0.5, replay_dtype="bfloat16")
+    fit(system, tmp_path, epochs=1)
+    assert system.memory is not None and system.memory.samples.dtype == torch.bfloat16
+    assert set(system.sizes[1:]) == {12} and system.memory.samples.abs().sum() > 0
+    memory = ReplayMemory(4, (2,), torch.float16)
+    memory.push(torch.full((3, 2), 1 / 3))
+    assert memory.sample(2).dtype == torch.float16 and float(memory.sample(1)[0, 0]) == pytest.approx(1 / 3, abs=1e-3)
+    with pytest.raises(ValueError, match="replay_dtype"):
+        make_system(replay_size=8, replay_dtype="int8")
+
+
+def test_a_replay_memory_too_large_to_ignore_warns_with_the_keys_to_change(tmp_path, monkeypatch):
+    monkeypatch.setattr("dfad_lightning.systems.dfad.REPLAY_WARN_BYTES", 32 * 1 * 8 * 8 * 4 - 1)  # 32 samples, 1x8x8
+    system = make_system(replay_size=32)
+    with pytest.warns(UserWarning, match=r"32 samples of 1x8x8 in float32.*system\.replay_size.*replay_dtype=bfloat16"):
+        system._new_memory((1, 8, 8), torch.device("cpu"))
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        make_system(replay_size=32, replay_dtype="bfloat16")._new_memory((1, 8, 8), torch.device("cpu"))
 
 
 # ---------------------------------------------------------------------------------------------

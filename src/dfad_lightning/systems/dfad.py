@@ -21,6 +21,9 @@ from dfad_lightning import losses
 from dfad_lightning.errors import ConfigError, NonFiniteLossError
 from dfad_lightning.systems.memory import ReplayMemory
 
+REPLAY_DTYPES = ("float32", "bfloat16", "float16")
+REPLAY_WARN_BYTES = 2**30  # a replay memory above this size warns (see DFAD._new_memory)
+
 OptimizerFactory = Callable[[Iterable[nn.Parameter]], Optimizer]
 SchedulerFactory = Callable[[Optimizer], LRScheduler]
 Discrepancy = Callable[[Tensor, Tensor], Tensor]
@@ -95,6 +98,9 @@ class DFAD(LightningModule):
             everything the generator made; ``0``: no replay.
         replay_fraction: Each student step adds ``replay_fraction * B`` samples from the memory
             to its ``B`` fresh ones.
+        replay_dtype: How the memory stores its samples: ``"float32"`` (exact), or
+            ``"bfloat16"`` / ``"float16"`` at half the size (the memory is on the device and in
+            every checkpoint: ``replay_size`` samples of 3x224x224 take 0.6 MB each in float32).
         balance: Weight of :func:`~dfad_lightning.losses.class_balance` of the teacher's outputs
             in the generator's loss (samples of every class).
         one_hot: Weight of :func:`~dfad_lightning.losses.one_hot` of the teacher's outputs in
@@ -132,6 +138,7 @@ class DFAD(LightningModule):
         ema_decay: float | None = None,
         replay_size: int = 0,
         replay_fraction: float = 0.5,
+        replay_dtype: Literal["float32", "bfloat16", "float16"] = "float32",
         balance: float = 0.0,
         one_hot: float = 0.0,
         bn_prior: float = 0.0,
@@ -145,6 +152,8 @@ class DFAD(LightningModule):
             raise ValueError(f"ema_decay must be in [0, 1), got {ema_decay}")
         if replay_size < 0 or replay_fraction <= 0:
             raise ValueError(f"replay_size must be >= 0 and replay_fraction > 0, got {replay_size}, {replay_fraction}")
+        if replay_dtype not in REPLAY_DTYPES:
+            raise ValueError(f"replay_dtype must be one of {', '.join(REPLAY_DTYPES)}, got {replay_dtype!r}")
         self.automatic_optimization = False
         self.teacher = teacher.requires_grad_(False).eval()
         self.student = student
@@ -169,6 +178,7 @@ class DFAD(LightningModule):
         # Made at the first student step, when the shape of a sample is known (see _replayed).
         self.memory: ReplayMemory | None = None
         self.replay_size, self.replay_fraction = replay_size, replay_fraction
+        self.replay_dtype: torch.dtype = getattr(torch, replay_dtype)
         self.prior_weights = {"balance": balance, "one_hot": one_hot, "bn_prior": bn_prior}
         self.bn_prior = losses.BatchNormPrior(self.teacher) if bn_prior else None
         # Scores live in buffers so that they travel with checkpoints and across devices.
@@ -318,10 +328,23 @@ class DFAD(LightningModule):
         if not self.replay_size:
             return x
         if self.memory is None:
-            self.memory = ReplayMemory(self.replay_size, tuple(x.shape[1:])).to(x.device)
+            self.memory = self._new_memory(tuple(x.shape[1:]), x.device)
         past = self.memory.sample(max(1, round(self.replay_fraction * len(x)))) if self.memory.seen else None
         self.memory.push(x)
         return x if past is None else torch.cat([x, past.to(x.dtype)])
+
+    def _new_memory(self, shape: tuple[int, ...], device: torch.device) -> ReplayMemory:
+        """The replay memory for samples of ``shape``; a warning where it is large enough to hurt."""
+        memory = ReplayMemory(self.replay_size, shape, self.replay_dtype).to(device)
+        size = memory.samples.numel() * memory.samples.element_size()
+        if size > REPLAY_WARN_BYTES:
+            warnings.warn(
+                f"the replay memory holds {self.replay_size} samples of {'x'.join(map(str, shape))} in "
+                f"{str(self.replay_dtype).removeprefix('torch.')}: {size / 2**30:.1f} GiB on the {device.type} and "
+                "in every checkpoint; lower system.replay_size, or set system.replay_dtype=bfloat16 to halve it",
+                stacklevel=2,
+            )
+        return memory
 
     @staticmethod
     def _average(student: nn.Module, decay: float) -> AveragedModel:
@@ -509,4 +532,4 @@ class DFAD(LightningModule):
         for key, value in self.teacher.state_dict(prefix="teacher.").items():
             state.setdefault(key, value)
         if self.replay_size and self.memory is None and "memory.samples" in state:
-            self.memory = ReplayMemory(self.replay_size, tuple(state["memory.samples"].shape[1:])).to(self.device)
+            self.memory = self._new_memory(tuple(state["memory.samples"].shape[1:]), self.device)

@@ -23,6 +23,7 @@ class ReplayMemory(nn.Module):
     Args:
         capacity: Samples kept.
         shape: Shape of one sample, e.g. ``(channels, height, width)``.
+        dtype: How samples are stored (pushed samples are cast to it, :meth:`sample` returns it).
 
     >>> memory = ReplayMemory(4, (1,))
     >>> memory.push(torch.arange(10.0).view(10, 1))
@@ -32,11 +33,11 @@ class ReplayMemory(nn.Module):
 
     samples: Tensor
 
-    def __init__(self, capacity: int, shape: tuple[int, ...]) -> None:
+    def __init__(self, capacity: int, shape: tuple[int, ...], dtype: torch.dtype = torch.float32) -> None:
         super().__init__()
         if capacity < 1:
             raise ValueError(f"capacity must be at least 1, got {capacity}")
-        self.register_buffer("samples", torch.zeros(capacity, *shape))
+        self.register_buffer("samples", torch.zeros(capacity, *shape, dtype=dtype))
         self.seen = 0
 
     def __len__(self) -> int:

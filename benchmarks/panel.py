@@ -111,6 +111,8 @@ VARIANTS: dict[str, list[str]] = {
                                    "schedule=cosine"],
     "robust_student_lr_0.05": ["method=dfad", "recipe=robust", "system.student_optimizer.lr=0.05"],
     "robust_student_lr_0.1": ["method=dfad", "recipe=robust", "system.student_optimizer.lr=0.1"],
+    "robust_one_hot_5": ["method=dfad", "recipe=robust", "system.one_hot=5"],
+    "robust_log1p": ["method=dfad", "recipe=robust", "adversarial=negative_log1p"],
 }  # fmt: skip
 RUNNABLE = {**METHODS, **VARIANTS}
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 import warnings
 from collections.abc import Callable, Iterable
 from functools import partial
@@ -334,9 +335,8 @@ class DFAD(LightningModule):
         return x if past is None else torch.cat([x, past.to(x.dtype)])
 
     def _new_memory(self, shape: tuple[int, ...], device: torch.device) -> ReplayMemory:
-        """The replay memory for samples of ``shape``; a warning where it is large enough to hurt."""
-        memory = ReplayMemory(self.replay_size, shape, self.replay_dtype).to(device)
-        size = memory.samples.numel() * memory.samples.element_size()
+        """The replay memory for samples of ``shape``; a warning first where it is large enough to hurt."""
+        size = self.replay_size * math.prod(shape) * torch.empty((), dtype=self.replay_dtype).element_size()
         if size > REPLAY_WARN_BYTES:
             warnings.warn(
                 f"the replay memory holds {self.replay_size} samples of {'x'.join(map(str, shape))} in "
@@ -344,7 +344,7 @@ class DFAD(LightningModule):
                 "in every checkpoint; lower system.replay_size, or set system.replay_dtype=bfloat16 to halve it",
                 stacklevel=2,
             )
-        return memory
+        return ReplayMemory(self.replay_size, shape, self.replay_dtype).to(device)
 
     @staticmethod
     def _average(student: nn.Module, decay: float) -> AveragedModel:

@@ -155,12 +155,14 @@ def write_grey_idx(data: Path, out: Path) -> None:
         write_idx(folder / f"{part}-labels.gz", labels)
 
 
+# Settings whose data files the panel makes first, from DATA into OUT: name -> maker(data, out).
+MAKES_ITS_DATA = {"grey_idx": write_grey_idx}
+
+
 def teacher_overrides(setting: str, data: Path, out: Path, threads: int) -> list[str]:
     """Train the setting's teacher once (``task=teacher``) and return what loads it."""
     if setting in TRAINS_ITS_TEACHER:
         return []
-    if setting == "grey_idx":
-        write_grey_idx(data, out)
     run_dir = out / "teachers" / setting
     if not (run_dir / "results.json").exists():
         print(f"training the {setting} teacher", flush=True)
@@ -175,6 +177,8 @@ def run_panel(args: argparse.Namespace) -> None:
     threads = max(1, (os.cpu_count() or 1) // args.jobs)
     jobs = []
     for setting in args.settings:
+        if setting in MAKES_ITS_DATA:
+            MAKES_ITS_DATA[setting](data, out)
         teacher = teacher_overrides(setting, data, out, max(1, os.cpu_count() or 1))
         for method in args.methods:
             for seed in args.seeds:

@@ -25,14 +25,18 @@ from dfad_lightning.networks.generators import as_size
 from dfad_lightning.systems import DFAD, Supervised
 
 
+def _no_tip(record: logging.LogRecord) -> bool:
+    return "Tip: " not in record.getMessage()
+
+
 def quiet_lightning() -> None:
-    """Silence two messages of Lightning that are not the user's to act on.
+    """Silence two messages of Lightning that are not the user's to act on (idempotent).
 
     An advertisement at every Trainer start, and a deprecation inside Lightning 2.6 that torch
     2.14 reports at every fit. Done on importing this module; scripts that build their own
-    Trainer (the benchmarks) call it too.
+    Trainer (the benchmarks) call it too, which adds nothing twice.
     """
-    logging.getLogger("lightning.pytorch.utilities.rank_zero").addFilter(lambda r: "Tip: " not in r.getMessage())
+    logging.getLogger("lightning.pytorch.utilities.rank_zero").addFilter(_no_tip)
     deprecation = r"`isinstance\(treespec, LeafSpec\)` is deprecated"
     warnings.filterwarnings("ignore", message=deprecation, category=FutureWarning)
 

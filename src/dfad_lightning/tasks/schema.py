@@ -23,6 +23,7 @@ from omegaconf import DictConfig, ListConfig, OmegaConf
 from omegaconf.errors import InterpolationResolutionError, MissingMandatoryValue
 
 from dfad_lightning.errors import ConfigError
+from dfad_lightning.systems.dfad import REPLAY_DTYPES
 
 
 @dataclass(frozen=True)
@@ -126,7 +127,7 @@ SCHEMA: list[Rule] = [
     Rule("system.ema_decay", float, low=0, high=1, nullable=True, why="or null: no moving average"),
     Rule("system.replay_size", int, low=0, why="0: no replay"),
     Rule("system.replay_fraction", float, low=POSITIVE),
-    Rule("system.replay_dtype", str, choices=("float32", "bfloat16", "float16")),
+    Rule("system.replay_dtype", str, choices=REPLAY_DTYPES),
     Rule("system.balance", float, low=0),
     Rule("system.one_hot", float, low=0),
     Rule("system.bn_prior", float, low=0),

@@ -116,6 +116,9 @@ VARIANTS: dict[str, list[str]] = {
     "robust_student_lr_0.1": ["method=dfad", "recipe=robust", "system.student_optimizer.lr=0.1"],
     "robust_one_hot_5": ["method=dfad", "recipe=robust", "system.one_hot=5"],
     "robust_log1p": ["method=dfad", "recipe=robust", "adversarial=negative_log1p"],
+    "robust_reuse4": ["method=dfad", "recipe=robust", "system.student_reuse=4"],
+    "robust_reuse8": ["method=dfad", "recipe=robust", "system.student_reuse=8"],
+    "robust_reuse4_cosine": ["method=dfad", "recipe=robust", "system.student_reuse=4", "schedule=cosine"],
 }  # fmt: skip
 RUNNABLE = {**METHODS, **VARIANTS}
 

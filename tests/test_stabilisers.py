@@ -8,6 +8,7 @@ import pytest
 import torch
 from test_dfad import K, fit, make_system, same, snapshot
 from torch import nn
+from torch.optim.optimizer import register_optimizer_step_post_hook
 
 from dfad_lightning import losses
 from dfad_lightning.systems import DAFL, DFAD
@@ -120,6 +121,50 @@ def test_student_steps_add_past_samples_after_the_first(tmp_path):
     restored.on_load_checkpoint({"state_dict": state})  # makes the memory the checkpoint holds
     restored.load_state_dict(state)
     assert restored.memory is not None and torch.equal(restored.memory.samples, system.memory.samples)
+
+
+# ---------------------------------------------------------------------------------------------
+# Several student updates on each sample
+# ---------------------------------------------------------------------------------------------
+
+
+class CountsImitation(SeesInputs):
+    """Also counts the teacher's forward passes without gradients (the imitation stage's labels)."""
+
+    def __init__(self, *args, **kwargs):
+        super().__init__(*args, **kwargs)
+        self.labels = 0
+        self.teacher.register_forward_hook(self._count)
+
+    def _count(self, module, inputs, output):
+        if not torch.is_grad_enabled() and self.training:
+            self.labels += 1
+
+
+def test_student_reuse_updates_the_student_r_times_on_each_sample_made_and_labelled_once(tmp_path):
+    system = make_system(cls=CountsImitation, student_reuse=3, replay_size=32)
+    student_updates = []
+    hook = register_optimizer_step_post_hook(
+        lambda opt, args, kwargs: student_updates.append(1) if isinstance(opt, torch.optim.SGD) else None
+    )
+    try:
+        fit(system, tmp_path, epochs=1)  # 4 iterations
+    finally:
+        hook.remove()
+    assert system.labels == 4 * K  # one sample (fresh plus replayed) per student step, labelled once
+    assert len(system.sizes) == len(student_updates) == 4 * K * 3  # and three updates on each
+    assert system.sizes[:3] == [8, 8, 8] and set(system.sizes[3:]) == {12}  # the same sample, replay added once
+    assert system.memory is not None and system.memory.seen == 4 * K * 8  # the memory sees each sample once
+
+
+def test_student_reuse_of_one_is_the_papers_loop(tmp_path):
+    paper, reuse_1 = make_system(), make_system(student_reuse=1)
+    fit(paper, tmp_path / "a", epochs=1)
+    fit(reuse_1, tmp_path / "b", epochs=1)
+    assert same(snapshot(paper.student), snapshot(reuse_1.student))
+    reuse_2 = make_system(student_reuse=2)
+    fit(reuse_2, tmp_path / "c", epochs=1)
+    assert not same(snapshot(paper.student), snapshot(reuse_2.student))
 
 
 def test_a_half_size_memory_stores_bfloat16_and_the_student_steps_still_run(tmp_path):
@@ -236,7 +281,8 @@ def test_dafl_is_the_priors_plus_its_activation_loss():
 
 
 @pytest.mark.parametrize(
-    "option", ["system.ema_decay=0.9", "system.replay_size=64", "system.balance=1", "system.one_hot=1"]
+    "option",
+    ["system.ema_decay=0.9", "system.replay_size=64", "system.balance=1", "system.one_hot=1", "system.student_reuse=2"],
 )
 def test_each_stabiliser_runs_through_the_config(make_cfg, option):
     results = run(make_cfg(option))
@@ -248,3 +294,5 @@ def test_bad_stabiliser_values_are_refused():
         make_system(ema_decay=1.0)
     with pytest.raises(ValueError, match="replay_size"):
         make_system(replay_size=-1)
+    with pytest.raises(ValueError, match="student_reuse"):
+        make_system(student_reuse=0)

@@ -49,8 +49,9 @@ class DFAD(LightningModule):
     Options that steady the adversarial game (all off by default, which is the paper's algorithm;
     see ``conf/method/``): a moving average of the student's weights (``ema_decay``), which is
     then the student that is evaluated, checkpointed and exported; a replay memory of past samples
-    mixed into the student steps (``replay_size``); and priors in the generator's loss that pull
-    its samples towards the teacher's data (``balance``, ``one_hot``, ``bn_prior``).
+    mixed into the student steps (``replay_size``); several student updates on each sample
+    (``student_reuse``); and priors in the generator's loss that pull its samples towards the
+    teacher's data (``balance``, ``one_hot``, ``bn_prior``).
 
     Subclasses adapt the method to a task by overriding a few hooks:
 
@@ -73,6 +74,9 @@ class DFAD(LightningModule):
         discrepancy: ``D(student_out, teacher_out)``, minimised by the student.
         adversarial: Turns D into the generator's loss (``losses.negative`` is ``-D``).
         student_steps: Student steps per generator step (``k``, 5 in the paper).
+        student_reuse: Student updates on each student step's sample (``1``: the paper), which
+            the generator makes and the teacher labels once: each further update costs only the
+            student's forward and backward pass.
         student_optimizer: Builds the student's optimizer from its parameters.
         generator_optimizer: Builds the generator's optimizer from its parameters.
         student_scheduler: Builds the student's LR schedule, stepped once per epoch, or ``None``.
@@ -127,6 +131,7 @@ class DFAD(LightningModule):
         discrepancy: Discrepancy = losses.mae,
         adversarial: Adversarial = losses.negative,
         student_steps: int = 5,
+        student_reuse: int = 1,
         student_optimizer: OptimizerFactory = SGD_DEFAULT,
         generator_optimizer: OptimizerFactory = ADAM_DEFAULT,
         student_scheduler: SchedulerFactory | None = None,
@@ -147,6 +152,8 @@ class DFAD(LightningModule):
         super().__init__()
         if student_steps < 1:
             raise ValueError(f"student_steps must be at least 1, got {student_steps}")
+        if student_reuse < 1:
+            raise ValueError(f"student_reuse must be at least 1, got {student_reuse}")
         if nonfinite not in ("stop", "skip"):
             raise ValueError(f"nonfinite must be 'stop' or 'skip', got {nonfinite!r}")
         if ema_decay is not None and not 0.0 <= ema_decay < 1.0:
@@ -164,7 +171,7 @@ class DFAD(LightningModule):
         self.metric_name = metric_name
         self._discrepancy = discrepancy
         self._adversarial = adversarial
-        self.student_steps = student_steps
+        self.student_steps, self.student_reuse = student_steps, student_reuse
         self.student_optimizer = student_optimizer
         self.generator_optimizer = generator_optimizer
         self.student_scheduler = student_scheduler
@@ -285,19 +292,22 @@ class DFAD(LightningModule):
         opt_s, opt_g = cast(list[LightningOptimizer], self.optimizers())
 
         # Imitation stage: k student steps, each on a fresh sample of the fixed generator.
-        # Neither G nor T is trained here, so their forward passes need no graph.
+        # Neither G nor T is trained here, so their forward passes need no graph. With
+        # student_reuse r > 1 the student takes r updates on each sample: making and labelling
+        # a sample costs several times a student update, and the student is what learns slowest.
         student_losses = []
         for z_i in z[:-1]:
             with torch.no_grad():
                 x = self._replayed(self.synthesize(z_i))  # plus past samples, if replay is on
                 teacher_out = self.teacher(x)
-            loss_s = self.discrepancy(self.student(x), teacher_out)
-            student_losses.append(loss_s.detach())
-            if self._skip(loss_s):
-                continue
-            opt_s.zero_grad(set_to_none=True)
-            self.manual_backward(loss_s)
-            opt_s.step()
+            for _ in range(self.student_reuse):
+                loss_s = self.discrepancy(self.student(x), teacher_out)
+                student_losses.append(loss_s.detach())
+                if self._skip(loss_s):
+                    continue
+                opt_s.zero_grad(set_to_none=True)
+                self.manual_backward(loss_s)
+                opt_s.step()
 
         # Generation stage: one generator step on a fresh sample, maximising the discrepancy (with
         # the configured priors, see generator_loss). Gradients flow through T and S into G;

@@ -26,7 +26,7 @@ and a finished run is never run again, so an interrupted panel resumes where it 
 ``--jobs`` at a time, each with its share of the CPU threads (results of one seed depend on the
 thread count: keep it the same when comparing).
 
-Usage (from the repository root; the full panel is ~100 runs, about 3 hours on 2 CPU cores):
+Usage (from the repository root; the full panel is ~120 runs, about 4 hours on 2 CPU cores):
 
     python benchmarks/panel.py --data-dir DATA            # DATA/mnist, DATA/cifar10/test
     python benchmarks/panel.py --data-dir DATA --settings digits mnist --methods dfad robust --seeds 0
@@ -92,6 +92,10 @@ TRAINS_ITS_TEACHER = {"digits"}
 PAPER = ["recipe=paper", "system.student_optimizer.lr=0.01", "system.student_optimizer.weight_decay=1e-4",
          "system.generator_optimizer.lr=1e-3", "schedule=constant"]  # fmt: skip
 
+# The recipe with one student update per sample, as it was before system.student_reuse: an
+# ablation row of the panel, and the base of the variants measured before that option.
+ROBUST_REUSE1 = ["method=dfad", "recipe=robust", "system.student_reuse=1"]
+
 METHODS: dict[str, list[str]] = {
     "dfad": ["method=dfad", *PAPER],
     "dafl": ["method=dafl", *PAPER],
@@ -101,22 +105,25 @@ METHODS: dict[str, list[str]] = {
     "balance": ["method=dfad", *PAPER, "system.balance=1"],
     "bn_prior": ["method=dfad", *PAPER, "system.bn_prior=1"],
     "cosine": ["method=dfad", *PAPER, "schedule=cosine"],
+    "robust_reuse1": ROBUST_REUSE1,
     "robust": ["method=dfad", "recipe=robust"],
 }
 # Variants measured while choosing the recipe (README), run by name: --methods robust_cosine ...
 VARIANTS: dict[str, list[str]] = {
     "generator_lr_1e-4": ["method=dfad", *PAPER, "system.generator_optimizer.lr=1e-4"],
     "bn_prior_10": ["method=dfad", *PAPER, "system.bn_prior=10"],
-    "robust_cosine": ["method=dfad", "recipe=robust", "schedule=cosine"],
-    "robust_kl_dfq_weights": ["method=dfad", "recipe=robust", "loss=kl", "system.balance=20"],
-    "robust_balance_only": ["method=dfad", "recipe=robust", "system.one_hot=0", "system.balance=1"],
-    "robust_balance_only_cosine": ["method=dfad", "recipe=robust", "system.one_hot=0", "system.balance=1",
+    "robust_cosine": [*ROBUST_REUSE1, "schedule=cosine"],
+    "robust_kl_dfq_weights": [*ROBUST_REUSE1, "loss=kl", "system.balance=20"],
+    "robust_balance_only": [*ROBUST_REUSE1, "system.one_hot=0", "system.balance=1"],
+    "robust_balance_only_cosine": [*ROBUST_REUSE1, "system.one_hot=0", "system.balance=1",
                                    "schedule=cosine"],
-    "robust_student_lr_0.05": ["method=dfad", "recipe=robust", "system.student_optimizer.lr=0.05"],
-    "robust_student_lr_0.1": ["method=dfad", "recipe=robust", "system.student_optimizer.lr=0.1"],
-    "robust_one_hot_5": ["method=dfad", "recipe=robust", "system.one_hot=5"],
-    "robust_log1p": ["method=dfad", "recipe=robust", "adversarial=negative_log1p"],
-    "robust_reuse4": ["method=dfad", "recipe=robust", "system.student_reuse=4"],
+    "robust_student_lr_0.05": [*ROBUST_REUSE1, "system.student_optimizer.lr=0.05"],
+    "robust_student_lr_0.1": [*ROBUST_REUSE1, "system.student_optimizer.lr=0.1"],
+    "robust_one_hot_5": [*ROBUST_REUSE1, "system.one_hot=5"],
+    "robust_log1p": [*ROBUST_REUSE1, "adversarial=negative_log1p"],
+    "robust_k1": [*ROBUST_REUSE1, "system.student_steps=1"],
+    "robust_k2": [*ROBUST_REUSE1, "system.student_steps=2"],
+    "robust_k10": [*ROBUST_REUSE1, "system.student_steps=10"],
     "robust_reuse8": ["method=dfad", "recipe=robust", "system.student_reuse=8"],
     "robust_reuse4_cosine": ["method=dfad", "recipe=robust", "system.student_reuse=4", "schedule=cosine"],
 }  # fmt: skip

@@ -151,7 +151,7 @@ def test_generic_datasets_train_with_the_robust_recipe(make_cfg, dataset):
     cfg = make_cfg(f"dataset={dataset}", *GENERIC[dataset], tiny=False)
     assert cfg.recipe.name == "robust" and cfg.method.name == "DFAD"
     system = cfg.system
-    assert system.replay_size > 0 and system.ema_decay is not None
+    assert system.replay_size > 0 and system.ema_decay is not None and system.student_reuse > 1
     assert system.one_hot > 0 and system.balance > 0 and system.bn_prior > 0
     # Your own data through the CPU-sized MNIST experiment, as a new user runs it: the recipe too.
     assert make_cfg("experiment=cpu_mnist", f"dataset={dataset}", *GENERIC[dataset]).recipe.name == "robust"
@@ -162,7 +162,7 @@ def test_the_papers_settings_keep_the_papers_algorithm(make_cfg, experiment):
     cfg = make_cfg(f"experiment={experiment}", tiny=False)
     assert cfg.recipe.name == "paper" and cfg.method.name == "DFAD"
     system = cfg.system
-    assert system.ema_decay is None and system.replay_size == 0
+    assert system.ema_decay is None and system.replay_size == 0 and system.student_reuse == 1
     assert system.balance == system.one_hot == system.bn_prior == 0
 
 

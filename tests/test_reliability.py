@@ -58,6 +58,18 @@ def test_a_nan_loss_stops_the_run_naming_the_iteration_and_the_last_good_checkpo
     assert weights and all(torch.isfinite(v).all() for v in weights.values() if v.is_floating_point())
 
 
+def test_with_student_reuse_the_nan_names_the_update_and_iterations_still_count(tmp_path):
+    # K = 3 steps x 2 updates + 1 generator step = 7 discrepancy calls per iteration: call 18 is in
+    # iteration 3, its 4th update: student step 2, update 2.
+    system = make_system(discrepancy=NaNAfter(18), student_reuse=2)
+    with pytest.raises(NonFiniteLossError) as err:
+        fit(system, tmp_path)
+    message = str(err.value)
+    assert "student loss (student step 2 of 3, update 2 of 2)" in message and "in iteration 3 " in message
+    saved = torch.load(tmp_path / "ckpt" / "last.ckpt", weights_only=True)
+    assert saved["global_step"] == 2 * 7 and system.steps_per_iteration == 7
+
+
 def test_skip_mode_skips_and_counts_nonfinite_steps(tmp_path):
     system = make_system(discrepancy=NaNAfter(10), nonfinite="skip")
     fit(system, tmp_path, epochs=1)  # 4 iterations: from call 10 on, every step is skipped

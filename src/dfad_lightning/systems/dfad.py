@@ -282,8 +282,8 @@ class DFAD(LightningModule):
 
     @property
     def steps_per_iteration(self) -> int:
-        """Optimizer steps per iteration (what Lightning's ``global_step`` counts): k, plus the generator's."""
-        return self.student_steps + int(self.train_generator)
+        """Optimizer steps per iteration (what Lightning's ``global_step`` counts): k x reuse, plus the generator's."""
+        return self.student_steps * self.student_reuse + int(self.train_generator)
 
     def training_step(self, z: Tensor, batch_idx: int) -> None:
         """One DFAD iteration on the noise ``z`` of shape ``(student_steps + 1, B, nz)``."""
@@ -401,8 +401,11 @@ class DFAD(LightningModule):
             return
         bad = ~torch.isfinite(student_losses)
         if bool(bad.any()):
-            step = int(bad.nonzero()[0])
-            which, value = f"student loss (student step {step + 1} of {self.student_steps})", student_losses[step]
+            update = int(bad.nonzero()[0])
+            step = f"student step {update // self.student_reuse + 1} of {self.student_steps}"
+            if self.student_reuse > 1:
+                step += f", update {update % self.student_reuse + 1} of {self.student_reuse}"
+            which, value = f"student loss ({step})", student_losses[update]
         else:
             which, value = "generator loss", loss_g
         saved = [p for cb in self.trainer.checkpoint_callbacks if (p := getattr(cb, "path", None)) and p.is_file()]

@@ -92,9 +92,10 @@ TRAINS_ITS_TEACHER = {"digits"}
 PAPER = ["recipe=paper", "system.student_optimizer.lr=0.01", "system.student_optimizer.weight_decay=1e-4",
          "system.generator_optimizer.lr=1e-3", "schedule=constant"]  # fmt: skip
 
+ROBUST = ["method=dfad", "recipe=robust"]
 # The recipe with one student update per sample, as it was before system.student_reuse: an
 # ablation row of the panel, and the base of the variants measured before that option.
-ROBUST_REUSE1 = ["method=dfad", "recipe=robust", "system.student_reuse=1"]
+ROBUST_REUSE1 = [*ROBUST, "system.student_reuse=1"]
 
 METHODS: dict[str, list[str]] = {
     "dfad": ["method=dfad", *PAPER],
@@ -106,7 +107,7 @@ METHODS: dict[str, list[str]] = {
     "bn_prior": ["method=dfad", *PAPER, "system.bn_prior=1"],
     "cosine": ["method=dfad", *PAPER, "schedule=cosine"],
     "robust_reuse1": ROBUST_REUSE1,
-    "robust": ["method=dfad", "recipe=robust"],
+    "robust": ROBUST,
 }
 # Variants measured while choosing the recipe (README), run by name: --methods robust_cosine ...
 VARIANTS: dict[str, list[str]] = {
@@ -124,8 +125,8 @@ VARIANTS: dict[str, list[str]] = {
     "robust_k1": [*ROBUST_REUSE1, "system.student_steps=1"],
     "robust_k2": [*ROBUST_REUSE1, "system.student_steps=2"],
     "robust_k10": [*ROBUST_REUSE1, "system.student_steps=10"],
-    "robust_reuse8": ["method=dfad", "recipe=robust", "system.student_reuse=8"],
-    "robust_reuse4_cosine": ["method=dfad", "recipe=robust", "system.student_reuse=4", "schedule=cosine"],
+    "robust_reuse8": [*ROBUST, "system.student_reuse=8"],
+    "robust_reuse4_cosine": [*ROBUST, "system.student_reuse=4", "schedule=cosine"],
 }  # fmt: skip
 RUNNABLE = {**METHODS, **VARIANTS}
 

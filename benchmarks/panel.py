@@ -127,6 +127,7 @@ VARIANTS: dict[str, list[str]] = {
     "robust_k10": [*ROBUST_REUSE1, "system.student_steps=10"],
     "robust_reuse8": [*ROBUST, "system.student_reuse=8"],
     "robust_reuse4_cosine": [*ROBUST, "system.student_reuse=4", "schedule=cosine"],
+    "robust_k1_reuse20": [*ROBUST, "system.student_steps=1", "system.student_reuse=20"],
 }  # fmt: skip
 RUNNABLE = {**METHODS, **VARIANTS}
 

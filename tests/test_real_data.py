@@ -37,18 +37,21 @@ def mnist_teacher(tmp_path_factory, cache_dir):
     from conftest import compose_config
 
     out = tmp_path_factory.mktemp("mnist") / "teacher"
-    return run(compose_config(["task=teacher", "dataset=mnist", *QUIET], out, cache_dir))
+    # Half of dataset=mnist's six epochs (the cosine decay follows; two reached 0.9852): the whole
+    # recipe reaches the paper's 0.989 (0.9918 in the README's panel), a minute more than the suite can spend.
+    overrides = ["task=teacher", "dataset=mnist", "teacher.training.epochs=3", *QUIET]
+    return run(compose_config(overrides, out, cache_dir))
 
 
-def test_mnist_lenet5_teacher_reaches_the_papers_accuracy(mnist_teacher):
-    assert mnist_teacher["teacher"] >= 0.989  # paper: 0.989
+def test_mnist_lenet5_teacher_recipe_nears_the_papers_accuracy_in_half_its_epochs(mnist_teacher):
+    assert mnist_teacher["teacher"] >= 0.985  # paper: 0.989 (all six epochs: 0.9918)
 
 
 def test_cpu_sized_dfad_on_real_mnist_beats_090(mnist_teacher, make_cfg):
-    # Half of cpu_mnist's 300 iterations: enough to pass 0.90 (the README's tables use the whole run).
-    half = "trainer.max_epochs=3"
+    # A third of cpu_mnist's 300 iterations: enough to pass 0.90 (0.9351 measured; the README: the whole run).
+    third = "trainer.max_epochs=2"
     cfg = make_cfg(
-        "experiment=cpu_mnist", half, f"teacher.checkpoint={mnist_teacher['checkpoint']}", *QUIET, tiny=False
+        "experiment=cpu_mnist", third, f"teacher.checkpoint={mnist_teacher['checkpoint']}", *QUIET, tiny=False
     )
     results = run(cfg)
     assert results["student"]["final"] > 0.90

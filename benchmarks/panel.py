@@ -128,6 +128,7 @@ VARIANTS: dict[str, list[str]] = {
     "robust_reuse8": [*ROBUST, "system.student_reuse=8"],
     "robust_reuse4_cosine": [*ROBUST, "system.student_reuse=4", "schedule=cosine"],
     "robust_k1_reuse20": [*ROBUST, "system.student_steps=1", "system.student_reuse=20"],
+    "robust_k1_reuse40": [*ROBUST, "system.student_steps=1", "system.student_reuse=40"],
 }  # fmt: skip
 RUNNABLE = {**METHODS, **VARIANTS}
 

@@ -11,6 +11,7 @@ from test_dfad import fit as fit_system
 from test_dfad import make_system
 
 from dfad_lightning.callbacks import DataFreeProbe
+from dfad_lightning.callbacks.probe import sampling_noise
 from dfad_lightning.errors import ConfigError
 from dfad_lightning.networks import LeNet5
 from dfad_lightning.tasks import run
@@ -39,6 +40,7 @@ def test_the_probe_logs_every_epoch_and_leaves_training_unchanged(tmp_path):
     assert {f"val_datafree/{n}" for n in names} <= set(trainer.callback_metrics)
     assert [h["epoch"] for h in probe.history] == [0, 1, 2]
     assert all(0.0 <= h["agreement"] <= 1.0 and h["real"] is not None for h in probe.history)
+    assert [h["probes"] for h in probe.history] == [8, 16, 16]  # the probe set's size, for the warnings' noise
     # Over max_snapshots, every other one is dropped, the newest kept: of epochs 0, 1, 2, epoch 1 goes.
     assert sorted(probe.snapshots) == [0, 2] and sorted(p.name for p in (tmp_path / "probes").iterdir()) == [
         "snapshot_000.pt",
@@ -113,6 +115,35 @@ def test_the_signal_warns_when_the_student_stops_following_the_teacher(tmp_path)
     assert "class spread 0.48" in collapsed and "collapsed" in collapsed
     probe.history[-1]["latest_class_spread"] = 0.85
     assert probe.warnings() == []
+
+
+def test_a_fall_within_the_probes_sampling_noise_is_no_warning(tmp_path):
+    probe = DataFreeProbe(tmp_path, nz=16)
+
+    def counted(*pairs):
+        return [{"epoch": e, "agreement": a, "probes": n} for e, (a, n) in enumerate(pairs)]
+
+    # A held-out run of the panel (grey_idx, seed 2) whose real accuracy rose every epoch:
+    # 0.672 on 128 probes to 0.615 on 384 is a fall of 0.057, inside two standard errors (0.097).
+    probe.history = counted((0.562, 64), (0.672, 128), (0.635, 192), (0.615, 384))
+    assert probe.warnings() == []
+    # The same fall measured on 100 times as many probes is no accident.
+    probe.history = counted((0.562, 6400), (0.672, 12800), (0.635, 19200), (0.615, 38400))
+    (forgot,) = probe.warnings()
+    assert "fell from 0.672 (epoch 1) to 0.615" in forgot
+    # Falling over the last two epochs: 0.026 on a few hundred probes is noise, on 10,000 it is not.
+    probe.history = counted((0.609, 256), (0.597, 320), (0.583, 384))
+    assert probe.warnings() == []
+    probe.history = counted((0.609, 10000), (0.597, 10000), (0.583, 10000))
+    (falling,) = probe.warnings()
+    assert "fell over the last two epochs" in falling
+
+
+def test_the_sampling_noise_is_two_standard_errors_that_shrink_with_the_probes():
+    assert sampling_noise(0.6, 100, 0.6, 100) == pytest.approx(2 * math.sqrt(2 * (62 / 104) * (42 / 104) / 104))
+    assert sampling_noise(0.6, 10000, 0.6, 10000) < sampling_noise(0.6, 100, 0.6, 100) / 9
+    assert sampling_noise(1.0, 64, 1.0, 64) > 0.04  # a perfect score on 64 probes is not exact
+    assert sampling_noise(0.9, None, 0.5, 100) == 0.0  # a history without counts: the old rule
 
 
 def test_the_report_prints_the_warnings_with_what_to_try():

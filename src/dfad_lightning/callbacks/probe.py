@@ -14,6 +14,33 @@ from dfad_lightning.files import save_atomic
 from dfad_lightning.systems import DFAD
 
 
+def sampling_noise(first: float, first_probes: int | None, last: float, last_probes: int | None) -> float:
+    """Two standard errors of the difference of two agreements, each measured on its own probes.
+
+    A bound that holds for per-sample and per-pixel agreement alike: the mean of ``n`` values in
+    [0, 1] with mean ``p`` varies by at most ``p (1 - p) / n``. The Agresti-Coull adjustment
+    (two agreements and two disagreements added) keeps an agreement of 1.0 on a few probes from
+    counting as exact.
+
+    Args:
+        first: The earlier agreement.
+        first_probes: How many probes it was measured on; ``None`` (a history from before the
+            counts were kept) makes the noise 0.
+        last: The later agreement.
+        last_probes: How many probes it was measured on (``None``: as above).
+
+    Returns:
+        Two standard errors of ``first - last``.
+    """
+    if not first_probes or not last_probes:
+        return 0.0
+    variance = 0.0
+    for p, n in ((first, first_probes), (last, last_probes)):
+        adjusted = (p * n + 2) / (n + 4)
+        variance += adjusted * (1 - adjusted) / (n + 4)
+    return 2 * math.sqrt(variance)
+
+
 class DataFreeProbe(Callback):
     """Compare teacher and student after every epoch on probes the run makes itself.
 
@@ -147,8 +174,9 @@ class DataFreeProbe(Callback):
             self.dirpath.mkdir(parents=True, exist_ok=True)
             save_atomic(latest, self.path(epoch))
         noise = torch.randn(len(latest), *latest.shape[1:], generator=torch.Generator().manual_seed(self.seed))
+        probes = torch.cat(list(self.snapshots.values()))
         values = {
-            **self.compare(pl_module, torch.cat(list(self.snapshots.values()))),
+            **self.compare(pl_module, probes),
             **{f"latest_{k}": v for k, v in self.compare(pl_module, latest).items()},
             **{f"noise_{k}": v for k, v in self.compare(pl_module, noise).items()},
         }
@@ -158,7 +186,9 @@ class DataFreeProbe(Callback):
         pl_module.log_dict({f"val_datafree/{k}": v for k, v in values.items()})
         # The real score of this epoch, where the run has real data (to measure the signal).
         real = trainer.callback_metrics.get(f"val/{getattr(pl_module, 'metric_name', '')}")
-        self.history.append({"epoch": epoch, **values, "real": None if real is None else float(real)})
+        self.history.append(
+            {"epoch": epoch, **values, "probes": len(probes), "real": None if real is None else float(real)}
+        )
 
     def selected(self) -> dict[str, Any] | None:
         """The epoch that ``monitor`` selects (the first of ties), as the ``ModelCheckpoint`` keeps it."""
@@ -184,18 +214,30 @@ class DataFreeProbe(Callback):
             spread: The lowest acceptable final class spread. On the robustness panel (README)
                 every run that ended below 0.7 had failed (student/teacher 0.07 to 0.48), and
                 every run at half its teacher or more was at 0.79 or above.
+
+        A fall counts only where it is also larger than the probes' sampling noise
+        (:func:`sampling_noise`): an agreement measured on a few hundred probes moves by a few
+        hundredths from the draw of the probes alone, which on the panel warned of runs whose
+        real accuracy was rising.
         """
         values = [h["agreement"] for h in self.history]
         if not values:
             return []
         found, final = [], values[-1]
+
+        def fell(start: int, by: float) -> bool:
+            """Whether the agreement fell from epoch ``start`` to the end by ``by`` and beyond the noise."""
+            first, last = self.history[start], self.history[-1]
+            noise = sampling_noise(first["agreement"], first.get("probes"), final, last.get("probes"))
+            return bool(values[start] - final >= max(by, noise))
+
         peak = max(range(len(values)), key=values.__getitem__)
-        if values[peak] - final >= drop:
+        if fell(peak, drop):
             found.append(
                 f"the student's agreement with the teacher on the run's own probes fell from {values[peak]:.3f} "
                 f"(epoch {self.history[peak]['epoch']}) to {final:.3f}: it forgot what it had learnt"
             )
-        elif len(values) >= 3 and values[-3] > values[-2] > final and values[-3] - final >= drop / 2:
+        elif len(values) >= 3 and values[-3] > values[-2] > final and fell(len(values) - 3, drop / 2):
             found.append(
                 f"the student's agreement with the teacher on the run's own probes fell over the last two epochs "
                 f"({values[-3]:.3f}, {values[-2]:.3f}, {final:.3f})"

@@ -208,17 +208,17 @@ class DataFreeProbe(Callback):
         less than ``spread`` (see :meth:`class_spread`: the generator collapsed onto a few
         classes, and the student learns little of the others).
 
+        A fall counts only where it is also larger than the probes' sampling noise
+        (:func:`sampling_noise`): an agreement measured on a few hundred probes moves by a few
+        hundredths from the draw of the probes alone, which on the panel warned of runs whose
+        real accuracy was rising.
+
         Args:
             drop: How far below its peak the final agreement may be.
             floor: The lowest acceptable final agreement.
             spread: The lowest acceptable final class spread. On the robustness panel (README)
                 every run that ended below 0.7 had failed (student/teacher 0.07 to 0.48), and
                 every run at half its teacher or more was at 0.79 or above.
-
-        A fall counts only where it is also larger than the probes' sampling noise
-        (:func:`sampling_noise`): an agreement measured on a few hundred probes moves by a few
-        hundredths from the draw of the probes alone, which on the panel warned of runs whose
-        real accuracy was rising.
         """
         values = [h["agreement"] for h in self.history]
         if not values:
@@ -226,10 +226,10 @@ class DataFreeProbe(Callback):
         found, final = [], values[-1]
 
         def fell(start: int, by: float) -> bool:
-            """Whether the agreement fell from epoch ``start`` to the end by ``by`` and beyond the noise."""
+            """Whether the agreement fell from history entry ``start`` to the last by ``by`` and beyond the noise."""
             first, last = self.history[start], self.history[-1]
-            noise = sampling_noise(first["agreement"], first.get("probes"), final, last.get("probes"))
-            return bool(values[start] - final >= max(by, noise))
+            noise = sampling_noise(first["agreement"], first.get("probes"), last["agreement"], last.get("probes"))
+            return bool(first["agreement"] - last["agreement"] >= max(by, noise))
 
         peak = max(range(len(values)), key=values.__getitem__)
         if fell(peak, drop):

@@ -17,7 +17,9 @@ pytestmark = pytest.mark.slow  # real processes, killed and resumed
 
 # 3 epochs of 4 iterations, a checkpoint after every iteration, LR schedules stepped per epoch,
 # deterministic CPU kernels, and every stabiliser that carries state: the student's moving average
-# (then the student a run delivers, in student.pt) and the replay memory.
+# (then the student a run delivers, in student.pt), the replay memory, and a generator warm-up
+# over the first WARMUP iterations (one optimizer step each; then 5 student steps + 1 generator step).
+WARMUP = 3
 STEP_LR = "{_target_:torch.optim.lr_scheduler.StepLR,_partial_:true,step_size:1,gamma:0.5}"
 RUN = [
     *TINY,
@@ -31,6 +33,7 @@ RUN = [
     "system.ema_decay=0.9",
     "system.replay_size=40",
     "system.balance=1",
+    f"system.generator_warmup={WARMUP}",
 ]
 
 
@@ -56,7 +59,8 @@ def progress(checkpoint: Path) -> tuple[int, bool]:
     except Exception:  # not written yet
         return 0, False
     evaluations = state["loops"]["fit_loop"]["epoch_loop.val_loop.batch_progress"]["total"]["completed"]
-    iterations = int(state["global_step"]) // 6  # 5 student steps + 1 generator step
+    steps = int(state["global_step"])
+    iterations = min(steps, WARMUP) + max(0, steps - WARMUP) // 6
     return iterations, evaluations > 0 and iterations % 4 == 0 and state["epoch"] == iterations // 4 - 1
 
 
@@ -99,9 +103,9 @@ def assert_same_student(a: Path, b: Path) -> None:
 
 @pytest.mark.parametrize(
     ("kill_after", "after_evaluation"),
-    # Mid-epoch, and the last iteration of an epoch after its evaluation (the SIGTERM/SIGINT tests
-    # below stop mid-epoch too, through the save-on-signal path).
-    [(5, False), (8, True)],
+    # In the warm-up, and the last iteration of an epoch after its evaluation (the SIGTERM/SIGINT
+    # tests below stop mid-epoch after the warm-up, through the save-on-signal path).
+    [(1, False), (8, True)],
 )
 def test_sigkill_then_resume_matches_the_straight_run_bitwise(
     straight, tmp_path, cache_dir, kill_after, after_evaluation

@@ -280,6 +280,58 @@ def test_dafl_is_the_priors_plus_its_activation_loss():
     assert torch.allclose(system.generator_loss(system.student(x), t), expected)
 
 
+# ---------------------------------------------------------------------------------------------
+# Generator warm-up
+# ---------------------------------------------------------------------------------------------
+
+
+class WatchesIterations(DFAD):
+    """Records, per iteration, whether the student and the generator changed, and the discrepancy's calls."""
+
+    def __init__(self, *args, **kwargs):
+        super().__init__(*args, **kwargs)
+        self.changed: list[tuple[bool, bool]] = []
+        self.discrepancies: list[int] = []
+
+    def on_train_batch_start(self, batch, batch_idx):
+        self._before = snapshot(self.student), snapshot(self.generator)
+        self._calls = 0
+
+    def discrepancy(self, student_out, teacher_out):
+        self._calls += 1
+        return super().discrepancy(student_out, teacher_out)
+
+    def on_train_batch_end(self, outputs, batch, batch_idx):
+        student, generator = self._before
+        self.changed.append((not same(snapshot(self.student), student), not same(snapshot(self.generator), generator)))
+        self.discrepancies.append(self._calls)
+
+
+def test_in_the_warmup_only_the_generator_trains_and_on_its_priors_alone(tmp_path):
+    # 2 epochs of 4 iterations; the warm-up crosses the first epoch's end.
+    system = make_system(cls=WatchesIterations, generator_warmup=5, balance=1.0, ema_decay=0.5)
+    trainer = fit(system, tmp_path, epochs=2)
+    assert system.changed == [(False, True)] * 5 + [(True, True)] * 3
+    assert system.discrepancies == [0] * 5 + [K + 1] * 3  # no student, no adversarial term in the warm-up
+    assert int(system.student_ema.n_averaged) == 3  # the average follows the student's updates only
+    assert trainer.global_step == 5 + 3 * (K + 1)  # a warm-up iteration is one optimizer step
+    assert system.iterations(trainer.global_step) == 8 and system.iterations(3) == 3
+
+
+def test_a_run_with_a_warmup_counts_its_iterations(make_cfg):
+    results = run(make_cfg("system.generator_warmup=4", "system.balance=1"))  # 2 epochs of 3 iterations
+    assert results["iterations"] == 6 and results["student"]["final"] is not None
+
+
+def test_the_warmup_needs_a_prior_to_train_on():
+    with pytest.raises(ValueError, match="set balance or one_hot"):
+        make_system(generator_warmup=2)
+    with pytest.raises(ValueError, match="BatchNorm"):  # LeNet-5 has none: the prior cannot train anything
+        make_system(generator_warmup=2, bn_prior=1.0)
+    with pytest.raises(ValueError, match="generator_warmup"):
+        make_system(generator_warmup=-1, balance=1.0)
+
+
 @pytest.mark.parametrize(
     "option",
     ["system.ema_decay=0.9", "system.replay_size=64", "system.balance=1", "system.one_hot=1", "system.student_reuse=2"],

@@ -40,8 +40,9 @@ class LastCheckpoint(Checkpoint):
 
     @staticmethod
     def iterations(trainer: Trainer, pl_module: LightningModule) -> int:
-        """Iterations completed: optimizer steps over the steps of one iteration."""
-        return trainer.global_step // int(getattr(pl_module, "steps_per_iteration", 1))
+        """Iterations completed (a module without the DFAD loop's count: one per optimizer step)."""
+        count = getattr(pl_module, "iterations", None)
+        return int(count(trainer.global_step)) if callable(count) else trainer.global_step
 
     def save(self, trainer: Trainer) -> None:
         """Write the checkpoint (every process takes part; the main one writes)."""

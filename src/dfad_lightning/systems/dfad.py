@@ -51,7 +51,8 @@ class DFAD(LightningModule):
     then the student that is evaluated, checkpointed and exported; a replay memory of past samples
     mixed into the student steps (``replay_size``); several student updates on each sample
     (``student_reuse``); and priors in the generator's loss that pull its samples towards the
-    teacher's data (``balance``, ``one_hot``, ``bn_prior``).
+    teacher's data (``balance``, ``one_hot``, ``bn_prior``), which can also train the generator
+    alone for the first iterations (``generator_warmup``).
 
     Subclasses adapt the method to a task by overriding a few hooks:
 
@@ -113,6 +114,10 @@ class DFAD(LightningModule):
         bn_prior: Weight of :class:`~dfad_lightning.losses.BatchNormPrior` of the teacher in the
             generator's loss (samples whose features match the statistics of the teacher's
             training data); a teacher without BatchNorm layers gets nothing from it.
+        generator_warmup: The first iterations of the run train the generator alone, one step
+            each on these priors (no adversarial term, no student step): the student starts on
+            samples the teacher recognises instead of the untrained generator's noise. Needs a
+            prior; ``0``: none (the paper).
     """
 
     teacher_score: Tensor
@@ -148,6 +153,7 @@ class DFAD(LightningModule):
         balance: float = 0.0,
         one_hot: float = 0.0,
         bn_prior: float = 0.0,
+        generator_warmup: int = 0,
     ) -> None:
         super().__init__()
         if student_steps < 1:
@@ -189,6 +195,14 @@ class DFAD(LightningModule):
         self.replay_dtype: torch.dtype = getattr(torch, replay_dtype)
         self.prior_weights = {"balance": balance, "one_hot": one_hot, "bn_prior": bn_prior}
         self.bn_prior = losses.BatchNormPrior(self.teacher) if bn_prior else None
+        if generator_warmup < 0:
+            raise ValueError(f"generator_warmup must be >= 0, got {generator_warmup}")
+        if generator_warmup and not (balance or one_hot or (self.bn_prior is not None and len(self.bn_prior))):
+            raise ValueError(
+                "generator_warmup trains the generator on its priors alone: set balance or one_hot "
+                "(bn_prior acts only on a teacher with BatchNorm layers)"
+            )
+        self.generator_warmup = generator_warmup
         # Scores live in buffers so that they travel with checkpoints and across devices.
         self.register_buffer("teacher_score", torch.tensor(float("nan")))
         self.register_buffer("last_score", torch.tensor(float("nan")))
@@ -285,11 +299,19 @@ class DFAD(LightningModule):
         """Optimizer steps per iteration (what Lightning's ``global_step`` counts): k x reuse, plus the generator's."""
         return self.student_steps * self.student_reuse + int(self.train_generator)
 
+    def iterations(self, global_step: int) -> int:
+        """The iterations done after ``global_step`` optimizer steps (a warm-up iteration is one step)."""
+        warmup = min(global_step, self.generator_warmup)
+        return warmup + (global_step - warmup) // self.steps_per_iteration
+
     def training_step(self, z: Tensor, batch_idx: int) -> None:
         """One DFAD iteration on the noise ``z`` of shape ``(student_steps + 1, B, nz)``."""
         if z.shape[0] != self.student_steps + 1:
             raise ValueError(f"expected {self.student_steps + 1} noise batches per iteration, got {z.shape[0]}")
         opt_s, opt_g = cast(list[LightningOptimizer], self.optimizers())
+        if self._warming_up(batch_idx):
+            self._warmup_step(z[-1], opt_g)
+            return
 
         # Imitation stage: k student steps, each on a fresh sample of the fixed generator.
         # Neither G nor T is trained here, so their forward passes need no graph. With
@@ -333,6 +355,21 @@ class DFAD(LightningModule):
         self.log_dict({"train/loss_student": loss_s.detach(), "train/loss_generator": loss_g.detach()}, prog_bar=True)
         if self.nonfinite == "skip":
             self.log("train/skipped_steps", self.skipped_steps.float())
+
+    def _warming_up(self, batch_idx: int) -> bool:
+        """Whether this iteration is one of the first ``generator_warmup`` of the run."""
+        if not self.generator_warmup:
+            return False
+        return self.current_epoch * self.trainer.num_training_batches + batch_idx < self.generator_warmup
+
+    def _warmup_step(self, z: Tensor, opt_g: LightningOptimizer) -> None:
+        """One generator step on its priors alone; the student waits for samples worth learning from."""
+        with self.toggled_optimizer(opt_g):
+            loss_g = self.priors(self.teacher(self.synthesize(z)))
+            opt_g.zero_grad(set_to_none=True)
+            self.manual_backward(loss_g)
+            opt_g.step()
+        self.log("train/loss_warmup", loss_g.detach(), prog_bar=True)
 
     def _replayed(self, x: Tensor) -> Tensor:
         """``x`` with ``replay_fraction * len(x)`` past samples appended; ``x`` itself is then remembered."""
@@ -410,7 +447,7 @@ class DFAD(LightningModule):
             which, value = "generator loss", loss_g
         saved = [p for cb in self.trainer.checkpoint_callbacks if (p := getattr(cb, "path", None)) and p.is_file()]
         last = saved[0] if saved else "none written yet"
-        iteration = self.trainer.global_step // self.steps_per_iteration
+        iteration = self.iterations(self.trainer.global_step)
         raise NonFiniteLossError(
             f"the {which} is {float(value)} in iteration {iteration} (epoch {self.current_epoch}); "
             f"the weights after it are not trusted and were not saved. Last good checkpoint: {last}. "

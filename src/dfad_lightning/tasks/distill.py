@@ -80,7 +80,7 @@ def summarize(
         "ratio": round(final / teacher, 6) if teacher and final is not None else None,
         "real_data": cfg.dataset.get("test") is not None,  # whether the dataset has a split to evaluate on
         "datafree": datafree_summary(trainer),
-        "iterations": trainer.global_step // system.steps_per_iteration,
+        "iterations": system.iterations(trainer.global_step),
         "epochs": trainer.current_epoch,
         "wall_time_s": round(wall_time, 2),
         "seed": cfg.seed,

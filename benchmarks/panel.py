@@ -129,6 +129,8 @@ VARIANTS: dict[str, list[str]] = {
     "robust_reuse4_cosine": [*ROBUST, "system.student_reuse=4", "schedule=cosine"],
     "robust_k1_reuse20": [*ROBUST, "system.student_steps=1", "system.student_reuse=20"],
     "robust_k1_reuse40": [*ROBUST, "system.student_steps=1", "system.student_reuse=40"],
+    "robust_warmup50": [*ROBUST, "system.generator_warmup=50"],
+    "robust_warmup100": [*ROBUST, "system.generator_warmup=100"],
 }  # fmt: skip
 RUNNABLE = {**METHODS, **VARIANTS}
 
@@ -172,15 +174,19 @@ def write_grey_idx(data: Path, out: Path) -> None:
 MAKES_ITS_DATA = {"grey_idx": write_grey_idx}
 
 
-def teacher_overrides(setting: str, data: Path, out: Path, threads: int) -> list[str]:
-    """Train the setting's teacher once (``task=teacher``) and return what loads it."""
+def teacher_overrides(setting: str, data: Path, out: Path) -> list[str]:
+    """Train the setting's teacher once (``task=teacher``) and return what loads it.
+
+    On one thread with deterministic kernels: the same teacher in every checkout on the same
+    software, so that panel rows measured on different days compare students of one teacher.
+    """
     if setting in TRAINS_ITS_TEACHER:
         return []
     run_dir = out / "teachers" / setting
     if not (run_dir / "results.json").exists():
         print(f"training the {setting} teacher", flush=True)
-        cmd = command([*SETTINGS[setting], "task=teacher"], run_dir, data, out)
-        execute(cmd, run_dir.with_suffix(".log"), threads)
+        cmd = command([*SETTINGS[setting], "task=teacher", "trainer.deterministic=true"], run_dir, data, out)
+        execute(cmd, run_dir.with_suffix(".log"), threads=1)
     return [f"teacher.checkpoint={run_dir / 'teacher.pt'}"]
 
 
@@ -192,7 +198,7 @@ def run_panel(args: argparse.Namespace) -> None:
     for setting in args.settings:
         if setting in MAKES_ITS_DATA:
             MAKES_ITS_DATA[setting](data, out)
-        teacher = teacher_overrides(setting, data, out, max(1, os.cpu_count() or 1))
+        teacher = teacher_overrides(setting, data, out)
         for method in args.methods:
             for seed in args.seeds:
                 run_dir = out / "runs" / setting / method / f"seed{seed}"

@@ -21,7 +21,8 @@ Settings (CPU-sized: 300 iterations of batch 128, a narrow Generator-A, LeNet-5-
 - ``cifar10_bn`` (run by name, the same kind of check): the CIFAR-10 split with a ResNet-8 colour
   teacher, BatchNorm throughout (15 epochs of ``task=teacher``, ~10 min).
 
-Teachers are trained once into ``OUT/teachers``; runs go to ``OUT/runs/<setting>/<method>/seed<N>``
+Teachers are trained once into ``OUT/teachers``, on one thread with deterministic kernels (the
+same teachers in every checkout); runs go to ``OUT/runs/<setting>/<method>/seed<N>``
 and a finished run is never run again, so an interrupted panel resumes where it stopped. Jobs run
 ``--jobs`` at a time, each with its share of the CPU threads (results of one seed depend on the
 thread count: keep it the same when comparing).

@@ -16,7 +16,8 @@ from dfad_lightning.errors import ConfigError
 from dfad_lightning.tasks import run
 
 # Two processes on the CPU with the default trainer: only the number of devices is given, and
-# the strategy that works with the two-optimizer loop is chosen for it.
+# the strategy that works with the two-optimizer loop is chosen for it. The first two iterations
+# are a generator warm-up (generator steps alone, with the student's gradients absent).
 DDP = [
     "trainer.devices=2",
     "data.batch_size=16",
@@ -24,6 +25,7 @@ DDP = [
     "trainer.max_epochs=2",
     "generator.ngf=8",
     "trainer.enable_progress_bar=false",
+    "system.generator_warmup=2",
 ]
 
 

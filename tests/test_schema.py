@@ -29,6 +29,7 @@ BAD = [
     ("system.ema_decay=1", "system.ema_decay", "below 1"),
     ("system.replay_fraction=0", "system.replay_fraction", "got 0"),
     ("system.replay_dtype=int8", "system.replay_dtype", "bfloat16"),
+    ("system.generator_warmup=-1", "system.generator_warmup", "got -1"),
     ("system.nonfinite=maybe", "system.nonfinite", "stop, skip"),
     ("system.channels_last=3", "system.channels_last", "true or false"),
     ("dataset.image_size=[0,32]", "dataset.image_size", "[0, 32]"),

@@ -16,6 +16,7 @@ from test_dfad import make_datamodule, make_system
 from dfad_lightning.callbacks import LastCheckpoint
 from dfad_lightning.errors import ConfigError, NonFiniteLossError
 from dfad_lightning.networks import LeNet5, cifar_resnet
+from dfad_lightning.systems import DFAD
 from dfad_lightning.tasks import run
 
 
@@ -229,3 +230,31 @@ def test_on_slurm_the_trainer_requeues_through_lightning(make_cfg, tmp_path, mon
     trainer = build_trainer(make_cfg(), tmp_path)
     environment = trainer._accelerator_connector.cluster_environment
     assert isinstance(environment, SLURMEnvironment) and environment.auto_requeue
+
+
+class NaNPriorsAfter(DFAD):
+    """The generator's priors turn NaN from their n-th call on (a fault in the warm-up)."""
+
+    def __init__(self, *args, nan_after: int, **kwargs):
+        super().__init__(*args, **kwargs)
+        self.calls, self.nan_after = 0, nan_after
+
+    def priors(self, teacher_out):
+        self.calls += 1
+        loss = super().priors(teacher_out)
+        return loss * float("nan") if self.calls >= self.nan_after else loss
+
+
+def test_a_nan_in_the_warmup_stops_the_run_too(tmp_path):
+    system = make_system(cls=NaNPriorsAfter, nan_after=3, generator_warmup=4, balance=1.0)
+    with pytest.raises(NonFiniteLossError, match=r"the generator loss \(warm-up\) is nan in iteration 3 "):
+        fit(system, tmp_path)
+    saved = torch.load(tmp_path / "ckpt" / "last.ckpt", weights_only=True)
+    assert saved["global_step"] == 2  # the two good warm-up iterations, nothing after
+
+
+def test_skip_mode_skips_nonfinite_warmup_steps(tmp_path):
+    system = make_system(cls=NaNPriorsAfter, nan_after=3, generator_warmup=4, balance=1.0, nonfinite="skip")
+    fit(system, tmp_path, epochs=1)  # 4 warm-up iterations, the last two skipped
+    assert int(system.skipped_steps) == 2
+    assert all(torch.isfinite(p).all() for p in system.generator.parameters())

@@ -350,11 +350,8 @@ class DFAD(LightningModule):
         if self.student_ema is not None:  # after both stages: the student's BatchNorm statistics moved in both
             self.student_ema.update_parameters(self.student)
 
-        if self.nonfinite == "stop":
-            self._stop_if_nonfinite(torch.stack(student_losses), loss_g.detach())
+        self._guard(torch.stack(student_losses), loss_g.detach())
         self.log_dict({"train/loss_student": loss_s.detach(), "train/loss_generator": loss_g.detach()}, prog_bar=True)
-        if self.nonfinite == "skip":
-            self.log("train/skipped_steps", self.skipped_steps.float())
 
     def _warming_up(self, batch_idx: int) -> bool:
         """Whether this iteration is one of the first ``generator_warmup`` of the run."""
@@ -366,9 +363,11 @@ class DFAD(LightningModule):
         """One generator step on its priors alone; the student waits for samples worth learning from."""
         with self.toggled_optimizer(opt_g):
             loss_g = self.priors(self.teacher(self.synthesize(z)))
-            opt_g.zero_grad(set_to_none=True)
-            self.manual_backward(loss_g)
-            opt_g.step()
+            if not self._skip(loss_g):
+                opt_g.zero_grad(set_to_none=True)
+                self.manual_backward(loss_g)
+                opt_g.step()
+        self._guard(loss_g.new_empty(0), loss_g.detach())
         self.log("train/loss_warmup", loss_g.detach(), prog_bar=True)
 
     def _replayed(self, x: Tensor) -> Tensor:
@@ -428,6 +427,13 @@ class DFAD(LightningModule):
         self.skipped_steps += 1
         return True
 
+    def _guard(self, student_losses: Tensor, loss_g: Tensor) -> None:
+        """After an iteration: stop on a non-finite loss (``nonfinite="stop"``) or log the skipped steps."""
+        if self.nonfinite == "stop":
+            self._stop_if_nonfinite(student_losses, loss_g)
+        else:
+            self.log("train/skipped_steps", self.skipped_steps.float())
+
     def _stop_if_nonfinite(self, student_losses: Tensor, loss_g: Tensor) -> None:
         """Stop the run if any loss of this iteration is NaN or infinite (one host synchronisation).
 
@@ -443,8 +449,8 @@ class DFAD(LightningModule):
             if self.student_reuse > 1:
                 step += f", update {update % self.student_reuse + 1} of {self.student_reuse}"
             which, value = f"student loss ({step})", student_losses[update]
-        else:
-            which, value = "generator loss", loss_g
+        else:  # a warm-up iteration has no student step
+            which, value = "generator loss" if len(student_losses) else "generator loss (warm-up)", loss_g
         saved = [p for cb in self.trainer.checkpoint_callbacks if (p := getattr(cb, "path", None)) and p.is_file()]
         last = saved[0] if saved else "none written yet"
         iteration = self.iterations(self.trainer.global_step)

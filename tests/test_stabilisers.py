@@ -324,12 +324,22 @@ def test_a_run_with_a_warmup_counts_its_iterations(make_cfg):
 
 
 def test_the_warmup_needs_a_prior_to_train_on():
-    with pytest.raises(ValueError, match="set balance or one_hot"):
+    with pytest.raises(ValueError, match=r"set system\.balance or system\.one_hot"):
         make_system(generator_warmup=2)
     with pytest.raises(ValueError, match="BatchNorm"):  # LeNet-5 has none: the prior cannot train anything
         make_system(generator_warmup=2, bn_prior=1.0)
     with pytest.raises(ValueError, match="generator_warmup"):
         make_system(generator_warmup=-1, balance=1.0)
+
+
+def test_a_warmup_without_a_prior_is_one_line_naming_the_key(make_cfg, capsys):
+    from dfad_lightning.tasks import main
+
+    with pytest.raises(SystemExit) as done:
+        main(make_cfg("system.generator_warmup=2", "system.balance=0", "system.one_hot=0", "system.bn_prior=1"))
+    err = capsys.readouterr().err
+    assert done.value.code == 2 and err.count("\n") == 1
+    assert err.startswith("Error: system.generator_warmup: trains the generator on its priors alone")
 
 
 @pytest.mark.parametrize(

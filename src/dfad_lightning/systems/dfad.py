@@ -196,11 +196,13 @@ class DFAD(LightningModule):
         self.prior_weights = {"balance": balance, "one_hot": one_hot, "bn_prior": bn_prior}
         self.bn_prior = losses.BatchNormPrior(self.teacher) if bn_prior else None
         if generator_warmup < 0:
-            raise ValueError(f"generator_warmup must be >= 0, got {generator_warmup}")
+            raise ConfigError("system.generator_warmup", f"must be >= 0, got {generator_warmup}")
         if generator_warmup and not (balance or one_hot or (self.bn_prior is not None and len(self.bn_prior))):
-            raise ValueError(
-                "generator_warmup trains the generator on its priors alone: set balance or one_hot "
-                "(bn_prior acts only on a teacher with BatchNorm layers)"
+            raise ConfigError(
+                "system.generator_warmup",
+                "trains the generator on its priors alone, and none acts here: set system.balance or "
+                "system.one_hot above 0 (system.bn_prior acts only on a teacher with BatchNorm layers), "
+                "or system.generator_warmup=0",
             )
         self.generator_warmup = generator_warmup
         # Scores live in buffers so that they travel with checkpoints and across devices.

@@ -68,8 +68,20 @@ def build_datamodule(cfg: DictConfig) -> DFADDataModule:
 
 
 def build_system(cfg: DictConfig, teacher: nn.Module, student: nn.Module, generator: nn.Module, **kwargs: Any) -> DFAD:
-    """The DFAD LightningModule (or the subclass named by ``system._target_``)."""
-    return cast(DFAD, instantiate(cfg.system, teacher=teacher, student=student, generator=generator, **kwargs))
+    """The DFAD LightningModule (or the subclass named by ``system._target_``).
+
+    Raises:
+        ConfigError: The system refuses its settings (naming the key where it knows it, else ``system``).
+    """
+    try:
+        return cast(DFAD, instantiate(cfg.system, teacher=teacher, student=student, generator=generator, **kwargs))
+    except InstantiationException as err:
+        cause = err.__cause__
+        if isinstance(cause, ConfigError):
+            raise cause from None
+        if isinstance(cause, ValueError):
+            raise ConfigError("system", str(cause)) from err
+        raise
 
 
 def build_supervised(cfg: DictConfig, net: nn.Module) -> tuple[Supervised, SupervisedDataModule]:

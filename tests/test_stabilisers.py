@@ -11,6 +11,7 @@ from torch import nn
 from torch.optim.optimizer import register_optimizer_step_post_hook
 
 from dfad_lightning import losses
+from dfad_lightning.errors import ConfigError
 from dfad_lightning.systems import DAFL, DFAD
 from dfad_lightning.systems.memory import ReplayMemory
 from dfad_lightning.tasks import run
@@ -340,6 +341,12 @@ def test_a_warmup_without_a_prior_is_one_line_naming_the_key(make_cfg, capsys):
     err = capsys.readouterr().err
     assert done.value.code == 2 and err.count("\n") == 1
     assert err.startswith("Error: system.generator_warmup: trains the generator on its priors alone")
+
+
+def test_a_warmup_as_long_as_the_run_is_refused_naming_the_key(make_cfg):
+    with pytest.raises(ConfigError, match=r"^system\.generator_warmup: 6 warm-up iterations leave the student none"):
+        run(make_cfg("system.generator_warmup=6"))  # 2 epochs of 3 iterations
+    assert run(make_cfg("system.generator_warmup=5"))["iterations"] == 6  # one student iteration is enough
 
 
 @pytest.mark.parametrize(

@@ -558,6 +558,23 @@ class DFAD(LightningModule):
         # is one on purpose.
         warnings.filterwarnings("ignore", message=r"Found \d+ module\(s\) in eval mode", category=PossibleUserWarning)
 
+    def on_train_start(self) -> None:
+        """Refuse a warm-up that would leave the student no iteration of the run.
+
+        Raises:
+            ConfigError: ``generator_warmup`` is at least the run's iterations.
+        """
+        epochs, per_epoch = self.trainer.max_epochs, self.trainer.num_training_batches
+        if not self.generator_warmup or epochs is None or epochs < 0 or math.isinf(per_epoch):
+            return
+        if self.generator_warmup >= epochs * per_epoch:
+            raise ConfigError(
+                "system.generator_warmup",
+                f"{self.generator_warmup} warm-up iterations leave the student none of the run's "
+                f"{epochs * int(per_epoch)} (trainer.max_epochs x data.iterations_per_epoch): lower it "
+                "(0 turns the warm-up off) or train longer",
+            )
+
     def train(self, mode: bool = True) -> DFAD:
         """Set train mode everywhere but in the teacher, which stays in eval mode."""
         super().train(mode)

@@ -254,7 +254,8 @@ def test_a_nan_in_the_warmup_stops_the_run_too(tmp_path):
 
 
 def test_skip_mode_skips_nonfinite_warmup_steps(tmp_path):
-    system = make_system(cls=NaNPriorsAfter, nan_after=3, generator_warmup=4, balance=1.0, nonfinite="skip")
-    fit(system, tmp_path, epochs=1)  # 4 warm-up iterations, the last two skipped
-    assert int(system.skipped_steps) == 2
+    system = make_system(cls=NaNPriorsAfter, nan_after=2, generator_warmup=3, balance=1.0, nonfinite="skip")
+    fit(system, tmp_path, epochs=1)  # 4 iterations: 3 in the warm-up, the last two of them NaN
+    # skipped: those two warm-up steps and the generator step of the one iteration after them
+    assert int(system.skipped_steps) == 2 + 1
     assert all(torch.isfinite(p).all() for p in system.generator.parameters())

@@ -319,9 +319,19 @@ def test_in_the_warmup_only_the_generator_trains_and_on_its_priors_alone(tmp_pat
     assert system.iterations(trainer.global_step) == 8 and system.iterations(3) == 3
 
 
-def test_a_run_with_a_warmup_counts_its_iterations(make_cfg):
-    results = run(make_cfg("system.generator_warmup=4", "system.balance=1"))  # 2 epochs of 3 iterations
-    assert results["iterations"] == 6 and results["student"]["final"] is not None
+def test_a_fractional_warmup_is_that_share_of_the_runs_iterations(tmp_path):
+    system = make_system(cls=WatchesIterations, generator_warmup=0.4, balance=1.0)
+    trainer = fit(system, tmp_path, epochs=2)  # 8 iterations: round(0.4 * 8) = 3 in the warm-up
+    assert system.warmup_iterations == 3
+    assert system.changed == [(False, True)] * 3 + [(True, True)] * 5
+    assert system.iterations(trainer.global_step) == 8
+
+
+def test_a_run_with_a_warmup_counts_its_iterations(make_cfg, tmp_path):
+    for warmup in ("4", "0.5"):  # 2 epochs of 3 iterations: 4, or half of them, in the warm-up
+        cfg = make_cfg(f"system.generator_warmup={warmup}", "system.balance=1", output_dir=tmp_path / warmup)
+        results = run(cfg)
+        assert results["iterations"] == 6 and results["student"]["final"] is not None
 
 
 def test_the_warmup_needs_a_prior_to_train_on():
@@ -329,8 +339,9 @@ def test_the_warmup_needs_a_prior_to_train_on():
         make_system(generator_warmup=2)
     with pytest.raises(ValueError, match="BatchNorm"):  # LeNet-5 has none: the prior cannot train anything
         make_system(generator_warmup=2, bn_prior=1.0)
-    with pytest.raises(ValueError, match="generator_warmup"):
-        make_system(generator_warmup=-1, balance=1.0)
+    for bad in (-1, 1.0, 1.5):  # a count below 0; a fraction of the run of 1 or more
+        with pytest.raises(ConfigError, match=r"^system\.generator_warmup: must be an integer >= 0"):
+            make_system(generator_warmup=bad, balance=1.0)
 
 
 def test_a_warmup_without_a_prior_is_one_line_naming_the_key(make_cfg, capsys):

@@ -116,8 +116,10 @@ class DFAD(LightningModule):
             training data); a teacher without BatchNorm layers gets nothing from it.
         generator_warmup: The first iterations of the run train the generator alone, one step
             each on these priors (no adversarial term, no student step): the student starts on
-            samples the teacher recognises instead of the untrained generator's noise. Needs a
-            prior; ``0``: none (the paper).
+            samples the teacher recognises instead of the untrained generator's noise. An
+            integer: that many iterations; a float below 1: that fraction of the run's iterations
+            (``trainer.max_epochs`` x batches per epoch, rounded), so that runs of any length
+            keep most of their iterations for the student. Needs a prior; ``0``: none (the paper).
     """
 
     teacher_score: Tensor
@@ -153,7 +155,7 @@ class DFAD(LightningModule):
         balance: float = 0.0,
         one_hot: float = 0.0,
         bn_prior: float = 0.0,
-        generator_warmup: int = 0,
+        generator_warmup: float = 0,
     ) -> None:
         super().__init__()
         if student_steps < 1:
@@ -195,8 +197,12 @@ class DFAD(LightningModule):
         self.replay_dtype: torch.dtype = getattr(torch, replay_dtype)
         self.prior_weights = {"balance": balance, "one_hot": one_hot, "bn_prior": bn_prior}
         self.bn_prior = losses.BatchNormPrior(self.teacher) if bn_prior else None
-        if generator_warmup < 0:
-            raise ConfigError("system.generator_warmup", f"must be >= 0, got {generator_warmup}")
+        if generator_warmup < 0 or (isinstance(generator_warmup, float) and generator_warmup >= 1):
+            raise ConfigError(
+                "system.generator_warmup",
+                "must be an integer >= 0 (iterations) or a float in [0, 1) (a fraction of the run), "
+                f"got {generator_warmup}",
+            )
         if generator_warmup and not (balance or one_hot or (self.bn_prior is not None and len(self.bn_prior))):
             raise ConfigError(
                 "system.generator_warmup",
@@ -301,9 +307,23 @@ class DFAD(LightningModule):
         """Optimizer steps per iteration (what Lightning's ``global_step`` counts): k x reuse, plus the generator's."""
         return self.student_steps * self.student_reuse + int(self.train_generator)
 
+    @property
+    def warmup_iterations(self) -> int:
+        """The iterations of the generator warm-up; a fraction of the run is resolved against the trainer's run."""
+        if not isinstance(self.generator_warmup, float):
+            return int(self.generator_warmup)
+        epochs, per_epoch = self.trainer.max_epochs, self.trainer.num_training_batches
+        if epochs is None or epochs < 0 or math.isinf(per_epoch):
+            raise ConfigError(
+                "system.generator_warmup",
+                f"a fraction of the run ({self.generator_warmup}) needs a run of known length: set "
+                "trainer.max_epochs, or give the warm-up as an integer number of iterations",
+            )
+        return round(self.generator_warmup * epochs * per_epoch)
+
     def iterations(self, global_step: int) -> int:
         """The iterations done after ``global_step`` optimizer steps (a warm-up iteration is one step)."""
-        warmup = min(global_step, self.generator_warmup)
+        warmup = min(global_step, self.warmup_iterations) if self.generator_warmup else 0
         return warmup + (global_step - warmup) // self.steps_per_iteration
 
     def training_step(self, z: Tensor, batch_idx: int) -> None:
@@ -359,7 +379,7 @@ class DFAD(LightningModule):
         """Whether this iteration is one of the first ``generator_warmup`` of the run."""
         if not self.generator_warmup:
             return False
-        return self.current_epoch * self.trainer.num_training_batches + batch_idx < self.generator_warmup
+        return self.current_epoch * self.trainer.num_training_batches + batch_idx < self.warmup_iterations
 
     def _warmup_step(self, z: Tensor, opt_g: LightningOptimizer) -> None:
         """One generator step on its priors alone; the student waits for samples worth learning from."""
@@ -565,12 +585,15 @@ class DFAD(LightningModule):
             ConfigError: ``generator_warmup`` is at least the run's iterations.
         """
         epochs, per_epoch = self.trainer.max_epochs, self.trainer.num_training_batches
-        if not self.generator_warmup or epochs is None or epochs < 0 or math.isinf(per_epoch):
+        if not self.generator_warmup:
             return
-        if self.generator_warmup >= epochs * per_epoch:
+        warmup = self.warmup_iterations  # a fraction of a run of unknown length is refused here
+        if epochs is None or epochs < 0 or math.isinf(per_epoch):
+            return
+        if warmup >= epochs * per_epoch:
             raise ConfigError(
                 "system.generator_warmup",
-                f"{self.generator_warmup} warm-up iterations leave the student none of the run's "
+                f"{warmup} warm-up iterations leave the student none of the run's "
                 f"{epochs * int(per_epoch)} (trainer.max_epochs x data.iterations_per_epoch): lower it "
                 "(0 turns the warm-up off) or train longer",
             )

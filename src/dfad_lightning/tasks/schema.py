@@ -132,7 +132,7 @@ SCHEMA: list[Rule] = [
     Rule("system.balance", float, low=0),
     Rule("system.one_hot", float, low=0),
     Rule("system.bn_prior", float, low=0),
-    Rule("system.generator_warmup", int, low=0),
+    Rule("system.generator_warmup", float, low=0),
     Rule("system.activation", float, low=0),
     Rule("system.inputs", str, choices=("data", "noise")),
     # dataset

@@ -58,6 +58,8 @@ class DFAD(LightningModule):
 
     - :meth:`discrepancy`: the student's loss on one batch of outputs;
     - :meth:`generator_loss`: the generator's loss on one batch of outputs;
+    - :meth:`priors`: the terms of that loss that need only the teacher (its whole loss in the
+      warm-up);
     - :meth:`synthesize`: how a noise batch becomes inputs;
     - :meth:`validation_step`: how a real batch updates the evaluation metric;
     - :meth:`fidelity`: how teacher and student are compared on data-free probes;

@@ -94,9 +94,10 @@ PAPER = ["recipe=paper", "system.student_optimizer.lr=0.01", "system.student_opt
          "system.generator_optimizer.lr=1e-3", "schedule=constant"]  # fmt: skip
 
 ROBUST = ["method=dfad", "recipe=robust"]
-# The recipe with one student update per sample, as it was before system.student_reuse: an
-# ablation row of the panel, and the base of the variants measured before that option.
-ROBUST_REUSE1 = [*ROBUST, "system.student_reuse=1"]
+# The recipe as it was before its generator warm-up (an ablation row of the panel, and the base of
+# the variants measured before the warm-up), and before system.student_reuse as well.
+ROBUST_NO_WARMUP = [*ROBUST, "system.generator_warmup=0"]
+ROBUST_REUSE1 = [*ROBUST_NO_WARMUP, "system.student_reuse=1"]
 
 METHODS: dict[str, list[str]] = {
     "dfad": ["method=dfad", *PAPER],
@@ -108,6 +109,7 @@ METHODS: dict[str, list[str]] = {
     "bn_prior": ["method=dfad", *PAPER, "system.bn_prior=1"],
     "cosine": ["method=dfad", *PAPER, "schedule=cosine"],
     "robust_reuse1": ROBUST_REUSE1,
+    "robust_no_warmup": ROBUST_NO_WARMUP,
     "robust": ROBUST,
 }
 # Variants measured while choosing the recipe (README), run by name: --methods robust_cosine ...
@@ -126,10 +128,10 @@ VARIANTS: dict[str, list[str]] = {
     "robust_k1": [*ROBUST_REUSE1, "system.student_steps=1"],
     "robust_k2": [*ROBUST_REUSE1, "system.student_steps=2"],
     "robust_k10": [*ROBUST_REUSE1, "system.student_steps=10"],
-    "robust_reuse8": [*ROBUST, "system.student_reuse=8"],
-    "robust_reuse4_cosine": [*ROBUST, "system.student_reuse=4", "schedule=cosine"],
-    "robust_k1_reuse20": [*ROBUST, "system.student_steps=1", "system.student_reuse=20"],
-    "robust_k1_reuse40": [*ROBUST, "system.student_steps=1", "system.student_reuse=40"],
+    "robust_reuse8": [*ROBUST_NO_WARMUP, "system.student_reuse=8"],
+    "robust_reuse4_cosine": [*ROBUST_NO_WARMUP, "system.student_reuse=4", "schedule=cosine"],
+    "robust_k1_reuse20": [*ROBUST_NO_WARMUP, "system.student_steps=1", "system.student_reuse=20"],
+    "robust_k1_reuse40": [*ROBUST_NO_WARMUP, "system.student_steps=1", "system.student_reuse=40"],
     "robust_warmup50": [*ROBUST, "system.generator_warmup=50"],
     "robust_warmup100": [*ROBUST, "system.generator_warmup=100"],
 }  # fmt: skip

@@ -121,7 +121,8 @@ class DFAD(LightningModule):
             samples the teacher recognises instead of the untrained generator's noise. An
             integer: that many iterations; a float below 1: that fraction of the run's iterations
             (``trainer.max_epochs`` x batches per epoch, rounded), so that runs of any length
-            keep most of their iterations for the student. Needs a prior; ``0``: none (the paper).
+            keep most of their iterations for the student. Needs a prior; ``0``: none (the paper);
+            nothing without a trained generator (``train_generator=False``).
     """
 
     teacher_score: Tensor
@@ -205,6 +206,8 @@ class DFAD(LightningModule):
                 "must be an integer >= 0 (iterations) or a float in [0, 1) (a fraction of the run), "
                 f"got {generator_warmup}",
             )
+        if not train_generator:  # baselines on noise or data: no generator to warm up
+            generator_warmup = 0
         if generator_warmup and not (balance or one_hot or (self.bn_prior is not None and len(self.bn_prior))):
             raise ConfigError(
                 "system.generator_warmup",

@@ -317,14 +317,21 @@ class DFAD(LightningModule):
         """The iterations of the generator warm-up; a fraction of the run is resolved against the trainer's run."""
         if not isinstance(self.generator_warmup, float):
             return int(self.generator_warmup)
-        epochs, per_epoch = self.trainer.max_epochs, self.trainer.num_training_batches
-        if epochs is None or epochs < 0 or math.isinf(per_epoch):
+        run = self._run_iterations()
+        if run is None:
             raise ConfigError(
                 "system.generator_warmup",
                 f"a fraction of the run ({self.generator_warmup}) needs a run of known length: set "
                 "trainer.max_epochs, or give the warm-up as an integer number of iterations",
             )
-        return round(self.generator_warmup * epochs * per_epoch)
+        return round(self.generator_warmup * run)
+
+    def _run_iterations(self) -> int | None:
+        """The iterations of the whole run (``max_epochs`` x batches per epoch), or ``None`` if unknown."""
+        epochs, per_epoch = self.trainer.max_epochs, self.trainer.num_training_batches
+        if epochs is None or epochs < 0 or math.isinf(per_epoch):
+            return None
+        return epochs * int(per_epoch)
 
     def iterations(self, global_step: int) -> int:
         """The iterations done after ``global_step`` optimizer steps (a warm-up iteration is one step)."""
@@ -589,18 +596,14 @@ class DFAD(LightningModule):
         Raises:
             ConfigError: ``generator_warmup`` is at least the run's iterations.
         """
-        epochs, per_epoch = self.trainer.max_epochs, self.trainer.num_training_batches
         if not self.generator_warmup:
             return
-        warmup = self.warmup_iterations  # a fraction of a run of unknown length is refused here
-        if epochs is None or epochs < 0 or math.isinf(per_epoch):
-            return
-        if warmup >= epochs * per_epoch:
+        warmup, run = self.warmup_iterations, self._run_iterations()  # a fraction of a run of unknown length fails here
+        if run is not None and warmup >= run:
             raise ConfigError(
                 "system.generator_warmup",
-                f"{warmup} warm-up iterations leave the student none of the run's "
-                f"{epochs * int(per_epoch)} (trainer.max_epochs x data.iterations_per_epoch): lower it "
-                "(0 turns the warm-up off) or train longer",
+                f"{warmup} warm-up iterations leave the student none of the run's {run} "
+                "(trainer.max_epochs x data.iterations_per_epoch): lower it (0 turns the warm-up off) or train longer",
             )
 
     def train(self, mode: bool = True) -> DFAD:

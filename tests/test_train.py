@@ -77,6 +77,26 @@ def test_teacher_task_writes_a_checkpoint_that_distillation_loads(make_cfg, tmp_
     assert results["teacher"] == pytest.approx(teacher["teacher"])  # same weights, same split
 
 
+def test_the_embedded_teacher_is_the_same_whatever_the_thread_count(tmp_path):
+    from conftest import compose_config
+
+    from dfad_lightning.tasks.teacher import cached_teacher
+
+    before = torch.get_num_threads()
+    weights = []
+    try:
+        for threads in (2, 1):  # each into its own cache; 3 epochs are enough for 2 threads to differ
+            torch.set_num_threads(threads)
+            overrides = [*TINY, "teacher.training.epochs=3"]
+            cfg = compose_config(overrides, tmp_path / f"run{threads}", tmp_path / f"{threads}")
+            weights.append(torch.load(cached_teacher(cfg), weights_only=True))
+            assert torch.get_num_threads() == threads  # the caller's setting is left as it was
+    finally:
+        torch.set_num_threads(before)
+    assert len(list(tmp_path.glob("*/teachers/*.pt"))) == 2  # trained twice, not read back from a cache
+    assert all(torch.equal(weights[0][k], weights[1][k]) for k in weights[0])
+
+
 def test_missing_teacher_says_which_key_to_set_and_how_to_train_one(make_cfg):
     with pytest.raises(ConfigError, match=r"teacher\.checkpoint.*python train\.py task=teacher dataset=digits"):
         run(make_cfg("dataset.auto_teacher=false"))

@@ -12,6 +12,7 @@ from pathlib import Path
 from typing import Any
 
 import lightning as L
+import torch
 from hydra.core.hydra_config import HydraConfig
 from lightning import Callback
 from omegaconf import DictConfig, OmegaConf
@@ -79,6 +80,7 @@ def teacher_fingerprint(cfg: DictConfig) -> str:
         for key, node in (("net", cfg.teacher.net), ("training", cfg.teacher.training), ("data", cfg.dataset.train))
     }
     spec["normalization"] = [list(cfg.teacher.mean), list(cfg.teacher.std)]
+    spec["training_mode"] = "one thread, deterministic"  # caches trained otherwise depended on the machine
     return hashlib.sha256(json.dumps(spec, sort_keys=True).encode()).hexdigest()[:16]
 
 
@@ -95,8 +97,18 @@ def cached_teacher(cfg: DictConfig) -> Path:
         return path
     log.info("No teacher checkpoint set: training the %s teacher first (cached at %s)", cfg.dataset.name, path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    with tempfile.TemporaryDirectory(dir=path.parent) as tmp:
-        net, score = fit_teacher(cfg, Path(tmp), callbacks=[], logger=False, enable_checkpointing=False)
+    # One thread and deterministic kernels: the same teacher on every machine, whatever its cores
+    # (with several threads, reductions split differently and the teacher, and every run on it,
+    # changed with the machine). It is small: seconds either way.
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        with tempfile.TemporaryDirectory(dir=path.parent) as tmp:
+            net, score = fit_teacher(
+                cfg, Path(tmp), callbacks=[], logger=False, enable_checkpointing=False, deterministic=True
+            )
+    finally:
+        torch.set_num_threads(threads)
     log.info("Teacher trained: %s %.4f on the evaluation split", cfg.dataset.metric_name, score)
     save_atomic(net.state_dict(), path)
     return path

@@ -100,15 +100,16 @@ def cached_teacher(cfg: DictConfig) -> Path:
     # One thread and deterministic kernels: the same teacher on every machine, whatever its cores
     # (with several threads, reductions split differently and the teacher, and every run on it,
     # changed with the machine). It is small: seconds either way.
-    threads = torch.get_num_threads()
+    threads, deterministic = torch.get_num_threads(), torch.are_deterministic_algorithms_enabled()
     torch.set_num_threads(1)
     try:
         with tempfile.TemporaryDirectory(dir=path.parent) as tmp:
             net, score = fit_teacher(
                 cfg, Path(tmp), callbacks=[], logger=False, enable_checkpointing=False, deterministic=True
             )
-    finally:
+    finally:  # the distillation after it runs as its own config says
         torch.set_num_threads(threads)
+        torch.use_deterministic_algorithms(deterministic)
     log.info("Teacher trained: %s %.4f on the evaluation split", cfg.dataset.metric_name, score)
     save_atomic(net.state_dict(), path)
     return path

@@ -327,6 +327,12 @@ def test_a_fractional_warmup_is_that_share_of_the_runs_iterations(tmp_path):
     assert system.iterations(trainer.global_step) == 8
 
 
+def test_a_fractional_warmup_of_a_run_without_an_end_is_refused_naming_the_key(tmp_path):
+    system = make_system(generator_warmup=0.4, balance=1.0)
+    with pytest.raises(ConfigError, match=r"^system\.generator_warmup: a fraction of the run \(0\.4\) needs a run"):
+        fit(system, tmp_path, epochs=-1, max_steps=8)  # no epoch limit: the run's length is not known
+
+
 def test_a_run_with_a_warmup_counts_its_iterations(make_cfg, tmp_path):
     for warmup in ("4", "0.5"):  # 2 epochs of 3 iterations: 4, or half of them, in the warm-up
         cfg = make_cfg(f"system.generator_warmup={warmup}", "system.balance=1", output_dir=tmp_path / warmup)

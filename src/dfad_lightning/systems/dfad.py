@@ -315,7 +315,7 @@ class DFAD(LightningModule):
     @property
     def warmup_iterations(self) -> int:
         """The iterations of the generator warm-up; a fraction of the run is resolved against the trainer's run."""
-        if not isinstance(self.generator_warmup, float):
+        if not self.generator_warmup or not isinstance(self.generator_warmup, float):
             return int(self.generator_warmup)
         run = self._run_iterations()
         if run is None:
@@ -335,7 +335,7 @@ class DFAD(LightningModule):
 
     def iterations(self, global_step: int) -> int:
         """The iterations done after ``global_step`` optimizer steps (a warm-up iteration is one step)."""
-        warmup = min(global_step, self.warmup_iterations) if self.generator_warmup else 0
+        warmup = min(global_step, self.warmup_iterations)
         return warmup + (global_step - warmup) // self.steps_per_iteration
 
     def training_step(self, z: Tensor, batch_idx: int) -> None:
@@ -389,8 +389,6 @@ class DFAD(LightningModule):
 
     def _warming_up(self, batch_idx: int) -> bool:
         """Whether this iteration is one of the first ``generator_warmup`` of the run."""
-        if not self.generator_warmup:
-            return False
         return self.current_epoch * self.trainer.num_training_batches + batch_idx < self.warmup_iterations
 
     def _warmup_step(self, z: Tensor, opt_g: LightningOptimizer) -> None:

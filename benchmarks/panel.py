@@ -23,7 +23,9 @@ Settings (CPU-sized: 300 iterations of batch 128, a narrow Generator-A, LeNet-5-
 
 Teachers are trained once into ``OUT/teachers``, on one thread with deterministic kernels (the
 same teachers in every checkout); runs go to ``OUT/runs/<setting>/<method>/seed<N>``
-and a finished run is never run again, so an interrupted panel resumes where it stopped. Jobs run
+and a finished run is never run again, and an interrupted one continues from its last checkpoint
+(``ckpt_path=last``; its ``wall_time_s`` then counts only the continuation), so an interrupted
+panel resumes where it stopped. Jobs run
 ``--jobs`` at a time, each with its share of the CPU threads (results of one seed depend on the
 thread count: keep it the same when comparing).
 
@@ -134,6 +136,10 @@ VARIANTS: dict[str, list[str]] = {
     "robust_k1_reuse40": [*ROBUST_NO_WARMUP, "system.student_steps=1", "system.student_reuse=40"],
     "robust_warmup50": [*ROBUST, "system.generator_warmup=50"],
     "robust_warmup100": [*ROBUST, "system.generator_warmup=100"],
+    "robust_replay_1.0": [*ROBUST, "system.replay_fraction=1.0"],
+    "robust_reuse_8": [*ROBUST, "system.student_reuse=8"],
+    # The same samples in batches of 32: four times the iterations (and updates) of the panel's size.
+    "robust_b32": [*ROBUST, "data.batch_size=32", "trainer.max_epochs=24"],
 }  # fmt: skip
 RUNNABLE = {**METHODS, **VARIANTS}
 
@@ -207,6 +213,8 @@ def run_panel(args: argparse.Namespace) -> None:
                 run_dir = out / "runs" / setting / method / f"seed{seed}"
                 if not (run_dir / "results.json").exists():
                     overrides = [*SETTINGS[setting], *teacher, *SIZE, *RUNNABLE[method], f"seed={seed}"]
+                    if (run_dir / "checkpoints" / "last.ckpt").exists():  # interrupted: continue it
+                        overrides.append("ckpt_path=last")
                     jobs.append((command(overrides, run_dir, data, out), run_dir.with_suffix(".log")))
     print(f"{len(jobs)} runs to do, {args.jobs} at a time with {threads} thread(s) each", flush=True)
     start = time.monotonic()

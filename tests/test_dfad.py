@@ -11,6 +11,7 @@ from torch import Tensor
 from torchmetrics.classification import MulticlassAccuracy
 
 from dfad_lightning.data import DFADDataModule, Digits
+from dfad_lightning.errors import ConfigError
 from dfad_lightning.networks import GeneratorA, LeNet5, lenet5_half
 from dfad_lightning.systems import DFAD
 
@@ -202,7 +203,7 @@ def test_wrong_number_of_noise_batches_is_refused(tmp_path):
 
 
 def test_student_steps_below_one_are_refused():
-    with pytest.raises(ValueError, match="student_steps"):
+    with pytest.raises(ConfigError, match=r"^system\.student_steps: must be at least 1, got 0$"):
         DFAD(LeNet5(), lenet5_half(), GeneratorA(16, 1, 32, 8), MulticlassAccuracy(10), "acc", student_steps=0)
 
 

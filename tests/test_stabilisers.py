@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 import warnings
 
 import pytest
@@ -68,34 +69,48 @@ def test_student_pt_holds_the_averaged_weights(make_cfg):
 
 
 def test_the_memory_keeps_a_uniform_sample_of_everything_pushed():
-    memory = ReplayMemory(100, (1,))
+    memory = ReplayMemory(100, (1,), (1,))
     for start in range(0, 10_000, 50):
-        memory.push(torch.arange(start, start + 50, dtype=torch.float32).view(50, 1))
+        batch = torch.arange(start, start + 50, dtype=torch.float32).view(50, 1)
+        memory.push(batch, -batch)
     assert memory.seen == 10_000 and len(memory) == 100
     kept = memory.samples.flatten()
     assert len(kept.unique()) == 100  # no sample twice
+    assert torch.equal(memory.outputs.flatten(), -kept)  # each sample kept with its own output
     # Uniform over the history: about a tenth from each tenth of the stream (binomial, n=100, p=0.1).
     per_tenth = torch.bincount((kept // 1000).long(), minlength=10)
     assert per_tenth.max() <= 25 and kept.mean().item() == pytest.approx(5000, rel=0.3)
 
 
+def test_every_draw_is_new_and_returns_the_outputs_of_its_samples():
+    memory = ReplayMemory(64, (1,), (2,))
+    batch = torch.arange(64.0).view(64, 1)
+    memory.push(batch, torch.cat([batch, 2 * batch], 1))
+    (x1, out1), (x2, out2) = memory.sample(16), memory.sample(16)
+    assert not torch.equal(x1, x2)  # two draws between pushes differ
+    for x, out in ((x1, out1), (x2, out2)):
+        assert torch.equal(out, torch.cat([x, 2 * x], 1))
+
+
 def test_the_memory_is_deterministic_and_travels_in_the_state_dict():
-    a, b = ReplayMemory(8, (2,)), ReplayMemory(8, (2,))
+    a, b = ReplayMemory(8, (2,), (1,)), ReplayMemory(8, (2,), (1,))
     for memory in (a, b):
         for i in range(5):
-            memory.push(torch.full((4, 2), float(i)))
-    assert torch.equal(a.samples, b.samples) and torch.equal(a.sample(6), b.sample(6))
-    restored = ReplayMemory(8, (2,))
+            memory.push(torch.full((4, 2), float(i)), torch.full((4, 1), float(i)))
+        memory.sample(3)
+    assert torch.equal(a.samples, b.samples) and torch.equal(a.sample(6)[0], b.sample(6)[0])
+    restored = ReplayMemory(8, (2,), (1,))
     restored.load_state_dict(a.state_dict())
-    assert restored.seen == 20 and torch.equal(restored.samples, a.samples)
-    a.push(torch.ones(3, 2))
-    restored.push(torch.ones(3, 2))
+    assert (restored.seen, restored.drawn) == (20, 2) and torch.equal(restored.samples, a.samples)
+    assert torch.equal(restored.outputs, a.outputs) and torch.equal(restored.sample(5)[0], a.sample(5)[0])
+    a.push(torch.ones(3, 2), torch.ones(3, 1))
+    restored.push(torch.ones(3, 2), torch.ones(3, 1))
     assert torch.equal(a.samples, restored.samples)
 
 
 def test_an_empty_memory_cannot_be_sampled():
     with pytest.raises(RuntimeError, match="empty"):
-        ReplayMemory(4, (1,)).sample(1)
+        ReplayMemory(4, (1,), (1,)).sample(1)
 
 
 class SeesInputs(DFAD):
@@ -117,11 +132,13 @@ def test_student_steps_add_past_samples_after_the_first(tmp_path):
     assert system.sizes[0] == 8 and set(system.sizes[1:]) == {12}  # batch 8, plus 4 from the memory
     assert system.memory is not None and system.memory.seen == 4 * K * 8
     state = system.state_dict()
-    assert "memory.samples" in state and state["memory._extra_state"] == {"seen": 4 * K * 8}
+    assert "memory.samples" in state and state["memory.outputs"].shape == (32, 10)
+    assert state["memory._extra_state"] == {"seen": 4 * K * 8, "drawn": 4 * K - 1}  # a draw in every step but the first
     restored = make_system(replay_size=32)
     restored.on_load_checkpoint({"state_dict": state})  # makes the memory the checkpoint holds
     restored.load_state_dict(state)
     assert restored.memory is not None and torch.equal(restored.memory.samples, system.memory.samples)
+    assert torch.equal(restored.memory.outputs, system.memory.outputs)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -152,10 +169,35 @@ def test_student_reuse_updates_the_student_r_times_on_each_sample_made_and_label
         fit(system, tmp_path, epochs=1)  # 4 iterations
     finally:
         hook.remove()
-    assert system.labels == 4 * K  # one sample (fresh plus replayed) per student step, labelled once
+    assert system.labels == 4 * K  # one fresh sample per student step, labelled once (replay brings its own)
     assert len(system.sizes) == len(student_updates) == 4 * K * 3  # and three updates on each
-    assert system.sizes[:3] == [8, 8, 8] and set(system.sizes[3:]) == {12}  # the same sample, replay added once
+    assert system.sizes[:3] == [8, 8, 8] and set(system.sizes[3:]) == {12}  # replay from the second step on
     assert system.memory is not None and system.memory.seen == 4 * K * 8  # the memory sees each sample once
+    assert system.memory.drawn == (4 * K - 1) * 3  # a new replay draw for each update
+
+
+class SeesReplay(DFAD):
+    """Records the inputs of every student update and the teacher outputs they are trained on."""
+
+    def __init__(self, *args, **kwargs):
+        super().__init__(*args, **kwargs)
+        self.updates: list[tuple[torch.Tensor, torch.Tensor]] = []
+
+    def _replayed(self, x, teacher_out):
+        x, teacher_out = super()._replayed(x, teacher_out)
+        self.updates.append((x.clone(), teacher_out.clone()))
+        return x, teacher_out
+
+
+def test_replayed_samples_are_drawn_anew_for_each_update_with_the_teachers_outputs(tmp_path):
+    system = make_system(cls=SeesReplay, student_reuse=2, replay_size=32)
+    fit(system, tmp_path, epochs=1)
+    (x1, _), (x2, _) = system.updates[2:4]  # the second step's two updates
+    assert torch.equal(x1[:8], x2[:8]) and not torch.equal(x1[8:], x2[8:])  # same fresh half, new past half
+    system.eval()
+    with torch.no_grad():
+        for x, out in system.updates[2:]:  # what the memory gives is what the frozen teacher says
+            assert torch.allclose(out, system.teacher(x), atol=1e-5)
 
 
 def test_student_reuse_of_one_is_the_papers_loop(tmp_path):
@@ -171,23 +213,23 @@ def test_student_reuse_of_one_is_the_papers_loop(tmp_path):
 def test_a_half_size_memory_stores_bfloat16_and_the_student_steps_still_run(tmp_path):
     system = make_system(cls=SeesInputs, replay_size=32, replay_fraction=0.5, replay_dtype="bfloat16")
     fit(system, tmp_path, epochs=1)
-    assert system.memory is not None and system.memory.samples.dtype == torch.bfloat16
+    assert system.memory is not None and system.memory.samples.dtype == system.memory.outputs.dtype == torch.bfloat16
     assert set(system.sizes[1:]) == {12} and system.memory.samples.abs().sum() > 0
-    memory = ReplayMemory(4, (2,), torch.float16)
-    memory.push(torch.full((3, 2), 1 / 3))
-    assert memory.sample(2).dtype == torch.float16 and float(memory.sample(1)[0, 0]) == pytest.approx(1 / 3, abs=1e-3)
-    with pytest.raises(ValueError, match="replay_dtype"):
-        make_system(replay_size=8, replay_dtype="int8")
+    memory = ReplayMemory(4, (2,), (1,), torch.float16)
+    memory.push(torch.full((3, 2), 1 / 3), torch.ones(3, 1))
+    x, out = memory.sample(2)
+    assert x.dtype == out.dtype == torch.float16 and float(x[0, 0]) == pytest.approx(1 / 3, abs=1e-3)
 
 
 def test_a_replay_memory_too_large_to_ignore_warns_with_the_keys_to_change(tmp_path, monkeypatch):
-    monkeypatch.setattr("dfad_lightning.systems.dfad.REPLAY_WARN_BYTES", 32 * 1 * 8 * 8 * 4 - 1)  # 32 samples, 1x8x8
+    monkeypatch.setattr("dfad_lightning.systems.dfad.REPLAY_WARN_BYTES", 32 * (64 + 10) * 4 - 1)  # 32 of 1x8x8 and 10
     system = make_system(replay_size=32)
-    with pytest.warns(UserWarning, match=r"32 samples of 1x8x8 in float32.*system\.replay_size.*replay_dtype=bfloat16"):
-        system._new_memory((1, 8, 8), torch.device("cpu"))
+    expected = r"32 samples of 1x8x8 .* in float32.*system\.replay_size.*replay_dtype=bfloat16"
+    with pytest.warns(UserWarning, match=expected):
+        system._new_memory((1, 8, 8), (10,), torch.device("cpu"))
     with warnings.catch_warnings():
         warnings.simplefilter("error")
-        make_system(replay_size=32, replay_dtype="bfloat16")._new_memory((1, 8, 8), torch.device("cpu"))
+        make_system(replay_size=32, replay_dtype="bfloat16")._new_memory((1, 8, 8), (10,), torch.device("cpu"))
 
 
 # ---------------------------------------------------------------------------------------------
@@ -375,10 +417,19 @@ def test_each_stabiliser_runs_through_the_config(make_cfg, option):
     assert results["student"]["final"] is not None
 
 
-def test_bad_stabiliser_values_are_refused():
-    with pytest.raises(ValueError, match="ema_decay"):
-        make_system(ema_decay=1.0)
-    with pytest.raises(ValueError, match="replay_size"):
-        make_system(replay_size=-1)
-    with pytest.raises(ValueError, match="student_reuse"):
-        make_system(student_reuse=0)
+@pytest.mark.parametrize(
+    ("option", "key"),
+    [
+        ({"ema_decay": 1.0}, "system.ema_decay"),
+        ({"replay_size": -1}, "system.replay_size"),
+        ({"replay_fraction": 0.0}, "system.replay_fraction"),
+        ({"student_reuse": 0}, "system.student_reuse"),
+        ({"nonfinite": "ignore"}, "system.nonfinite"),
+        ({"replay_dtype": "int8"}, "system.replay_dtype"),
+    ],
+)
+def test_bad_loop_values_are_refused_naming_their_key(option, key):
+    (value,) = option.values()
+    with pytest.raises(ConfigError, match=rf"^{key}: must be .*, got {re.escape(repr(value))}$") as error:
+        make_system(**option)
+    assert error.value.key == key

@@ -103,10 +103,11 @@ class DFAD(LightningModule):
             ``min(decay, (1 + n) / (10 + n))`` after ``n`` updates); it is the student that is
             evaluated, probed and exported (:attr:`final_student`). ``None``: no average.
         replay_size: Samples kept in a :class:`~dfad_lightning.systems.memory.ReplayMemory` of
-            everything the generator made; ``0``: no replay.
-        replay_fraction: Each student step adds ``replay_fraction * B`` samples from the memory
-            to its ``B`` fresh ones.
-        replay_dtype: How the memory stores its samples: ``"float32"`` (exact), or
+            everything the generator made, with the teacher's outputs on them; ``0``: no replay.
+        replay_fraction: Each student update adds ``replay_fraction * B`` samples from the memory
+            to its ``B`` fresh ones, drawn anew for every update (their teacher outputs come from
+            the memory: no teacher pass).
+        replay_dtype: How the memory stores samples and outputs: ``"float32"`` (exact), or
             ``"bfloat16"`` / ``"float16"`` at half the size (the memory is on the device and in
             every checkpoint: ``replay_size`` samples of 3x224x224 take 0.6 MB each in float32).
         balance: Weight of :func:`~dfad_lightning.losses.class_balance` of the teacher's outputs
@@ -161,18 +162,19 @@ class DFAD(LightningModule):
         generator_warmup: float = 0,
     ) -> None:
         super().__init__()
-        if student_steps < 1:
-            raise ValueError(f"student_steps must be at least 1, got {student_steps}")
-        if student_reuse < 1:
-            raise ValueError(f"student_reuse must be at least 1, got {student_reuse}")
-        if nonfinite not in ("stop", "skip"):
-            raise ValueError(f"nonfinite must be 'stop' or 'skip', got {nonfinite!r}")
-        if ema_decay is not None and not 0.0 <= ema_decay < 1.0:
-            raise ValueError(f"ema_decay must be in [0, 1), got {ema_decay}")
-        if replay_size < 0 or replay_fraction <= 0:
-            raise ValueError(f"replay_size must be >= 0 and replay_fraction > 0, got {replay_size}, {replay_fraction}")
-        if replay_dtype not in REPLAY_DTYPES:
-            raise ValueError(f"replay_dtype must be one of {', '.join(REPLAY_DTYPES)}, got {replay_dtype!r}")
+        # Each check names the config key to change (the schema catches most before; Python users get them here).
+        checks: list[tuple[str, object, bool, str]] = [
+            ("student_steps", student_steps, student_steps >= 1, "at least 1"),
+            ("student_reuse", student_reuse, student_reuse >= 1, "at least 1"),
+            ("nonfinite", nonfinite, nonfinite in ("stop", "skip"), "'stop' or 'skip'"),
+            ("ema_decay", ema_decay, ema_decay is None or 0.0 <= ema_decay < 1.0, "null or in [0, 1)"),
+            ("replay_size", replay_size, replay_size >= 0, "at least 0 (0: no replay)"),
+            ("replay_fraction", replay_fraction, replay_fraction > 0, "above 0"),
+            ("replay_dtype", replay_dtype, replay_dtype in REPLAY_DTYPES, f"one of {', '.join(REPLAY_DTYPES)}"),
+        ]
+        for name, value, ok, expected in checks:
+            if not ok:
+                raise ConfigError(f"system.{name}", f"must be {expected}, got {value!r}")
         self.automatic_optimization = False
         self.teacher = teacher.requires_grad_(False).eval()
         self.student = student
@@ -351,19 +353,22 @@ class DFAD(LightningModule):
         # Neither G nor T is trained here, so their forward passes need no graph. With
         # student_reuse r > 1 the student takes r updates on each sample: making and labelling
         # a sample costs several times a student update, and the student is what learns slowest.
+        # With replay on, each update adds past samples, drawn anew, with the teacher's stored outputs.
         student_losses = []
         for z_i in z[:-1]:
             with torch.no_grad():
-                x = self._replayed(self.synthesize(z_i))  # plus past samples, if replay is on
+                x = self.synthesize(z_i)
                 teacher_out = self.teacher(x)
             for _ in range(self.student_reuse):
-                loss_s = self.discrepancy(self.student(x), teacher_out)
+                x_s, teacher_s = self._replayed(x, teacher_out)
+                loss_s = self.discrepancy(self.student(x_s), teacher_s)
                 student_losses.append(loss_s.detach())
                 if self._skip(loss_s):
                     continue
                 opt_s.zero_grad(set_to_none=True)
                 self.manual_backward(loss_s)
                 opt_s.step()
+            self._remember(x, teacher_out)
 
         # Generation stage: one generator step on a fresh sample, maximising the discrepancy (with
         # the configured priors, see generator_loss). Gradients flow through T and S into G;
@@ -402,27 +407,33 @@ class DFAD(LightningModule):
         self._guard(loss_g.new_empty(0), loss_g.detach())
         self.log("train/loss_warmup", loss_g.detach(), prog_bar=True)
 
-    def _replayed(self, x: Tensor) -> Tensor:
-        """``x`` with ``replay_fraction * len(x)`` past samples appended; ``x`` itself is then remembered."""
-        if not self.replay_size:
-            return x
-        if self.memory is None:
-            self.memory = self._new_memory(tuple(x.shape[1:]), x.device)
-        past = self.memory.sample(max(1, round(self.replay_fraction * len(x)))) if self.memory.seen else None
-        self.memory.push(x)
-        return x if past is None else torch.cat([x, past.to(x.dtype)])
+    def _replayed(self, x: Tensor, teacher_out: Tensor) -> tuple[Tensor, Tensor]:
+        """``x`` and the teacher's outputs on it, each with ``replay_fraction * len(x)`` past ones appended, if any."""
+        if self.memory is None or not self.memory.seen:
+            return x, teacher_out
+        past, past_out = self.memory.sample(max(1, round(self.replay_fraction * len(x))))
+        return torch.cat([x, past.to(x.dtype)]), torch.cat([teacher_out, past_out.to(teacher_out.dtype)])
 
-    def _new_memory(self, shape: tuple[int, ...], device: torch.device) -> ReplayMemory:
-        """The replay memory for samples of ``shape``; a warning first where it is large enough to hurt."""
-        size = self.replay_size * math.prod(shape) * torch.empty((), dtype=self.replay_dtype).element_size()
+    def _remember(self, x: Tensor, teacher_out: Tensor) -> None:
+        """Offer a sample and the teacher's outputs on it to the replay memory (made at the first call), if any."""
+        if not self.replay_size:
+            return
+        if self.memory is None:
+            self.memory = self._new_memory(tuple(x.shape[1:]), tuple(teacher_out.shape[1:]), x.device)
+        self.memory.push(x, teacher_out)
+
+    def _new_memory(self, shape: tuple[int, ...], output_shape: tuple[int, ...], device: torch.device) -> ReplayMemory:
+        """The replay memory for samples of ``shape`` and outputs of ``output_shape``; first a warning if large."""
+        size = ReplayMemory.nbytes(self.replay_size, shape, output_shape, self.replay_dtype)
         if size > REPLAY_WARN_BYTES:
             warnings.warn(
-                f"the replay memory holds {self.replay_size} samples of {'x'.join(map(str, shape))} in "
-                f"{str(self.replay_dtype).removeprefix('torch.')}: {size / 2**30:.1f} GiB on the {device.type} and "
-                "in every checkpoint; lower system.replay_size, or set system.replay_dtype=bfloat16 to halve it",
+                f"the replay memory holds {self.replay_size} samples of {'x'.join(map(str, shape))} and the teacher's "
+                f"outputs on them in {str(self.replay_dtype).removeprefix('torch.')}: {size / 2**30:.1f} GiB on the "
+                f"{device.type} and in every checkpoint; lower system.replay_size, or set "
+                "system.replay_dtype=bfloat16 to halve it",
                 stacklevel=2,
             )
-        return ReplayMemory(self.replay_size, shape, self.replay_dtype).to(device)
+        return ReplayMemory(self.replay_size, shape, output_shape, self.replay_dtype).to(device)
 
     @staticmethod
     def _average(student: nn.Module, decay: float) -> AveragedModel:
@@ -636,4 +647,5 @@ class DFAD(LightningModule):
         for key, value in self.teacher.state_dict(prefix="teacher.").items():
             state.setdefault(key, value)
         if self.replay_size and self.memory is None and "memory.samples" in state:
-            self.memory = self._new_memory(tuple(state["memory.samples"].shape[1:]), self.device)
+            shape, output_shape = (tuple(state[f"memory.{name}"].shape[1:]) for name in ("samples", "outputs"))
+            self.memory = self._new_memory(shape, output_shape, self.device)

@@ -140,6 +140,8 @@ VARIANTS: dict[str, list[str]] = {
     "robust_reuse_8": [*ROBUST, "system.student_reuse=8"],
     # The same samples in batches of 32: four times the iterations (and updates) of the panel's size.
     "robust_b32": [*ROBUST, "data.batch_size=32", "trainer.max_epochs=24"],
+    # ... with the generator's learning rate divided by 4: its four times as many steps move it as far.
+    "robust_b32_glr": [*ROBUST, "data.batch_size=32", "trainer.max_epochs=24", "system.generator_optimizer.lr=2.5e-4"],
 }  # fmt: skip
 RUNNABLE = {**METHODS, **VARIANTS}
 

@@ -56,7 +56,10 @@ def test_every_run_of_the_panel_composes(make_cfg, tmp_path):
         teacher = [] if setting in panel.TRAINS_ITS_TEACHER else [f"teacher.checkpoint={tmp_path / 't.pt'}"]
         filled = [o.format(data=tmp_path, out=tmp_path) for o in [*dataset, *teacher, *panel.SIZE, *overrides]]
         cfg = make_cfg(*filled, tiny=False)
-        assert cfg.data.batch_size == 128 and cfg.generator.ngf == 16, (setting, method)
+        # The panel's size, but where a variant changes the batch on purpose (the same samples in smaller batches).
+        batch = next((int(o.split("=")[1]) for o in overrides if o.startswith("data.batch_size=")), 128)
+        assert cfg.data.batch_size == batch and cfg.generator.ngf == 16, (setting, method)
+        assert cfg.data.batch_size * cfg.trainer.max_epochs == 128 * 6, (setting, method)  # the same samples
         assert cfg.recipe.name == ("robust" if "recipe=robust" in overrides else "paper"), (setting, method)
     assert make_cfg(*[o.format(data=tmp_path, out=tmp_path) for o in panel.GREY_IDX]).dataset.name == "idx"
 

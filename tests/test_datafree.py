@@ -56,8 +56,9 @@ def test_the_probe_set_is_fixed_noise_through_each_epochs_generator(tmp_path):
     assert torch.equal(first, again) and not torch.equal(first, probe.snapshot(system, 1))
 
 
-def test_every_run_reports_the_signal_and_keeps_the_checkpoint_it_selects(make_cfg, tmp_path):
-    results = run(make_cfg())
+@pytest.mark.parametrize("recipe", ["robust", "paper"])  # selecting on the highest agreement, the lowest latest_mae
+def test_every_run_reports_the_signal_and_keeps_the_checkpoint_it_selects(make_cfg, tmp_path, recipe):
+    results = run(make_cfg(f"recipe={recipe}"))
     datafree = results["datafree"]
     assert 0.0 <= datafree["final"]["agreement"] <= 1.0 and datafree["selected_epoch"] in (0, 1)
     assert datafree["selected_real_score"] is not None
@@ -66,6 +67,24 @@ def test_every_run_reports_the_signal_and_keeps_the_checkpoint_it_selects(make_c
     assert saved["epoch"] == datafree["selected_epoch"] and not any(
         k.startswith("teacher.") for k in saved["state_dict"]
     )
+
+
+@pytest.mark.parametrize(
+    ("recipe", "monitor", "mode"), [("robust", "agreement", "max"), ("paper", "latest_mae", "min")]
+)
+def test_the_checkpoint_keeps_what_the_probe_selects(make_cfg, recipe, monitor, mode):
+    callbacks = make_cfg(f"recipe={recipe}").callbacks
+    assert (callbacks.datafree.monitor, callbacks.datafree.mode) == (monitor, mode)
+    assert (callbacks.datafree_best.monitor, callbacks.datafree_best.mode) == (f"val_datafree/{monitor}", mode)
+    mine = make_cfg("callbacks.datafree.monitor=latest_agreement", "callbacks.datafree.mode=max").callbacks
+    assert (mine.datafree_best.monitor, mine.datafree_best.mode) == ("val_datafree/latest_agreement", "max")
+
+
+def test_the_probe_can_be_turned_off_with_its_selection(make_cfg):
+    with pytest.raises(ConfigError, match=r"^callbacks\.datafree_best: .*callbacks\.datafree_best=null"):
+        run(make_cfg("callbacks.datafree=null"))
+    results = run(make_cfg("callbacks.datafree=null", "callbacks.datafree_best=null"))
+    assert results["datafree"] is None and results["student"]["final"] is not None
 
 
 @pytest.fixture

@@ -55,7 +55,7 @@ class DataFreeProbe(Callback):
     newest snapshot only) and ``val_datafree/noise_<name>`` (standard normal inputs, a
     data-independent probe). Any of them can be the ``monitor`` of a ``ModelCheckpoint`` or
     ``EarlyStopping`` (run this callback before them); the default config keeps the student with
-    the lowest ``val_datafree/latest_mae``.
+    the lowest ``val_datafree/latest_mae`` (``recipe=robust``: the highest ``val_datafree/agreement``).
 
     Snapshots are read back on resume. Over ``max_snapshots``, every other one is dropped, so
     the set keeps a spread over the whole run at a bounded size.
@@ -68,8 +68,9 @@ class DataFreeProbe(Callback):
         batch_size: Batch size of the comparison.
         seed: Seed of the snapshots' noise (snapshot ``e`` uses ``seed + e``) and of the noise probes.
         monitor: The value (without ``val_datafree/``) that selects a checkpoint in :meth:`selected`;
-            keep it equal to the ``ModelCheckpoint``'s. ``latest_mae`` selected the best students in
-            ``benchmarks/datafree_signal.py`` (README).
+            keep it equal to the ``ModelCheckpoint``'s (the default config does). ``latest_mae``
+            selected the best students of the paper's game in ``benchmarks/datafree_signal.py``,
+            ``agreement`` those of the recipe on the robustness panel (README).
         mode: ``"min"`` or ``"max"``: which end of ``monitor`` is better.
     """
 

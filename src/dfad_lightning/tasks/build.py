@@ -121,11 +121,19 @@ def build_callbacks(cfg: DictConfig, names: list[str] | None = None) -> list[Cal
     """The callbacks of ``cfg.callbacks`` (all, or those named); ``null`` entries are skipped.
 
     Raises:
-        ConfigError: A callback refuses its settings.
+        ConfigError: A callback refuses its settings, or the data-free selection is on without its probe.
     """
+    configured = cfg.get("callbacks") or {}
+    chosen = {k: v for k, v in configured.items() if names is None or k in names}
+    if chosen.get("datafree_best") is not None and configured.get("datafree") is None:
+        raise ConfigError(
+            "callbacks.datafree_best",
+            "keeps the student the data-free probe selects, and the probe is off (callbacks.datafree=null): "
+            "set callbacks.datafree_best=null too",
+        )
     callbacks = []
-    for name, node in (cfg.get("callbacks") or {}).items():
-        if node is None or (names is not None and name not in names):
+    for name, node in chosen.items():
+        if node is None:
             continue
         try:
             callbacks.append(instantiate(node))

@@ -165,6 +165,28 @@ def test_segmentation_is_the_base_loop_with_per_class_iou(tmp_path):
         SegmentationDFAD(teacher, teacher, system.generator, MulticlassAccuracy(4), "acc", class_names=["a"])
 
 
+def test_the_replay_memory_keeps_the_teachers_per_pixel_outputs(tmp_path):
+    L.seed_everything(0, verbose=False)
+    system = SegmentationDFAD(
+        teacher=TinySegmenter(),
+        student=TinySegmenter(width=4),
+        generator=GeneratorB(nz=8, channels=3, image_size=16, ngf=4),
+        metric=MeanIoU(4, ignore_index=4),
+        metric_name="miou",
+        class_names=["a", "b", "c", "d"],
+        student_steps=2,
+        student_reuse=2,
+        replay_size=16,
+    )
+    data = DFADDataModule(nz=8, batch_size=4, student_steps=2, iterations_per_epoch=2, eval_dataset=FakeScenes)
+    trainer = L.Trainer(max_epochs=1, logger=False, enable_checkpointing=False, enable_progress_bar=False)
+    trainer.fit(system, datamodule=data)
+    memory = system.memory
+    assert memory is not None and memory.seen == 2 * 2 * 4 and memory.outputs.shape[1:] == (4, 16, 16)
+    with torch.no_grad():  # what is replayed is what the frozen teacher says about each stored sample
+        assert torch.allclose(memory.outputs[:8], system.teacher(memory.samples[:8]), atol=1e-5)
+
+
 SEG_TINY = [
     "teacher=deeplab_resnet18",
     "dataset.image_size=[32,32]",

@@ -137,23 +137,35 @@ class FakeScenes(torch.utils.data.Dataset):
         return torch.rand(3, 16, 16, generator=g), torch.randint(0, 5, (16, 16), generator=g)  # 4 = void
 
 
-def test_segmentation_is_the_base_loop_with_per_class_iou(tmp_path):
-    assert SegmentationDFAD.training_step is DFAD.training_step  # the loop is shared, not copied
+def tiny_system(**kwargs) -> SegmentationDFAD:
+    """A seeded SegmentationDFAD of tiny networks, 4 classes of 16x16 scenes, k = 2."""
     L.seed_everything(0, verbose=False)
-    teacher = TinySegmenter()
-    system = SegmentationDFAD(
-        teacher=teacher,
+    return SegmentationDFAD(
+        teacher=TinySegmenter(),
         student=TinySegmenter(width=4),
         generator=GeneratorB(nz=8, channels=3, image_size=16, ngf=4),
         metric=MeanIoU(4, ignore_index=4),
         metric_name="miou",
         class_names=["a", "b", "c", "d"],
         student_steps=2,
+        **kwargs,
     )
-    before = {k: v.clone() for k, v in teacher.state_dict().items()}
+
+
+def fit_tiny(system: SegmentationDFAD, epochs: int) -> L.Trainer:
+    """Train ``system`` on noise for ``epochs`` of 2 iterations of batch 4, evaluating on FakeScenes."""
     data = DFADDataModule(nz=8, batch_size=4, student_steps=2, iterations_per_epoch=2, eval_dataset=FakeScenes)
-    trainer = L.Trainer(max_epochs=2, logger=False, enable_checkpointing=False, enable_progress_bar=False)
+    trainer = L.Trainer(max_epochs=epochs, logger=False, enable_checkpointing=False, enable_progress_bar=False)
     trainer.fit(system, datamodule=data)
+    return trainer
+
+
+def test_segmentation_is_the_base_loop_with_per_class_iou(tmp_path):
+    assert SegmentationDFAD.training_step is DFAD.training_step  # the loop is shared, not copied
+    system = tiny_system()
+    teacher = system.teacher
+    before = {k: v.clone() for k, v in teacher.state_dict().items()}
+    trainer = fit_tiny(system, epochs=2)
     assert all(torch.equal(before[k], v) for k, v in teacher.state_dict().items())
     assert system.generator_loss(torch.zeros(1), torch.ones(1)).item() == pytest.approx(-np.log(2.0))  # -log(1 + D)
     assert "val/iou/a" in trainer.callback_metrics and "val/miou" in trainer.callback_metrics
@@ -165,22 +177,9 @@ def test_segmentation_is_the_base_loop_with_per_class_iou(tmp_path):
         SegmentationDFAD(teacher, teacher, system.generator, MulticlassAccuracy(4), "acc", class_names=["a"])
 
 
-def test_the_replay_memory_keeps_the_teachers_per_pixel_outputs(tmp_path):
-    L.seed_everything(0, verbose=False)
-    system = SegmentationDFAD(
-        teacher=TinySegmenter(),
-        student=TinySegmenter(width=4),
-        generator=GeneratorB(nz=8, channels=3, image_size=16, ngf=4),
-        metric=MeanIoU(4, ignore_index=4),
-        metric_name="miou",
-        class_names=["a", "b", "c", "d"],
-        student_steps=2,
-        student_reuse=2,
-        replay_size=16,
-    )
-    data = DFADDataModule(nz=8, batch_size=4, student_steps=2, iterations_per_epoch=2, eval_dataset=FakeScenes)
-    trainer = L.Trainer(max_epochs=1, logger=False, enable_checkpointing=False, enable_progress_bar=False)
-    trainer.fit(system, datamodule=data)
+def test_the_replay_memory_keeps_the_teachers_per_pixel_outputs():
+    system = tiny_system(student_reuse=2, replay_size=16)
+    fit_tiny(system, epochs=1)
     memory = system.memory
     assert memory is not None and memory.seen == 2 * 2 * 4 and memory.outputs.shape[1:] == (4, 16, 16)
     with torch.no_grad():  # what is replayed is what the frozen teacher says about each stored sample

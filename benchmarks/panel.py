@@ -142,6 +142,16 @@ VARIANTS: dict[str, list[str]] = {
     "robust_b32": [*ROBUST, "data.batch_size=32", "trainer.max_epochs=24"],
     # ... with the generator's learning rate divided by 4: its four times as many steps move it as far.
     "robust_b32_glr": [*ROBUST, "data.batch_size=32", "trainer.max_epochs=24", "system.generator_optimizer.lr=2.5e-4"],
+    # The generator's faster pace of robust_b32 at the panel's batch: four times its learning rate.
+    "robust_glr4": [*ROBUST, "system.generator_optimizer.lr=4e-3"],
+    # Half-way to robust_b32: batches of 64 for 600 iterations.
+    "robust_b64": [*ROBUST, "data.batch_size=64", "trainer.max_epochs=12"],
+    "robust_b64_adam": [*ROBUST, "data.batch_size=64", "trainer.max_epochs=12",
+                        "system.student_optimizer._target_=torch.optim.Adam", "~system.student_optimizer.momentum",
+                        "system.student_optimizer.lr=1e-3"],
+    "robust_b64_kl": [*ROBUST, "data.batch_size=64", "trainer.max_epochs=12", "loss=kl"],
+    # Batches of 64 with as many student updates per sample as the recipe's batch of 128 (2, not 4).
+    "robust_b64_reuse2": [*ROBUST, "data.batch_size=64", "trainer.max_epochs=12", "system.student_reuse=2"],
 }  # fmt: skip
 RUNNABLE = {**METHODS, **VARIANTS}
 

@@ -11,6 +11,7 @@ Lightning / plain (at most 1.05 is the target on the CPU).
 
     python benchmarks/speed.py                     # CPU: the embedded default (digits) only
     python benchmarks/speed.py --configs mnist cifar10 camvid   # the paper's settings (GPU-sized)
+    python benchmarks/speed.py --configs panel_mnist_bn panel_mnist_bn_b64   # a sample's cost at two batch sizes
 
 Networks keep their random initial weights: speed does not depend on them.
 """
@@ -39,6 +40,9 @@ from dfad_lightning.tasks.build import quiet_lightning
 
 ROOT = Path(__file__).resolve().parents[1]
 
+PANEL_MNIST_BN = ["dataset=mnist", "teacher=cifar_resnet8", "recipe=robust", "system.generator_warmup=0",
+                  "generator.ngf=16", "system.channels_last=true"]  # fmt: skip
+
 # Each configuration: the overrides that compose it (the paper's settings, and the CPU default).
 CONFIGS = {
     "default": ["recipe=paper"],  # the embedded default's size, the paper's algorithm: the loop's own cost
@@ -46,6 +50,10 @@ CONFIGS = {
     # iteration of the game; its warm-up (the first third of a run, generator steps alone, each
     # cheaper than an iteration) would mix into the few iterations timed here, so it is left out.
     "robust": ["system.generator_warmup=0"],
+    # The robustness panel's MNIST-BN run (recipe=robust, its game without the warm-up) at the
+    # panel's batch and at half of it: the same samples cost the same either way (images/s).
+    "panel_mnist_bn": [*PANEL_MNIST_BN, "data.batch_size=128"],
+    "panel_mnist_bn_b64": [*PANEL_MNIST_BN, "data.batch_size=64"],
     "mnist": ["experiment=paper_mnist", "trainer=cpu"],
     "cifar10": ["experiment=paper_cifar10", "trainer=cpu"],
     "camvid": ["experiment=paper_camvid", "trainer=cpu"],

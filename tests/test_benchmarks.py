@@ -85,3 +85,15 @@ def test_the_grey_idx_setting_is_the_cifar_split_in_grey_as_idx_files(tmp_path):
             (x, y), (x_ref, y_ref) = idx[i], folder[i]
             assert x.shape == (1, 28, 28) and y == y_ref
             assert torch.allclose(x, x_ref, atol=0.5 / 255)
+
+
+def test_every_configuration_of_the_speed_benchmark_composes():
+    spec = importlib.util.spec_from_file_location("speed", ROOT / "benchmarks" / "speed.py")
+    speed = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(speed)
+    for name in speed.CONFIGS:
+        cfg = speed.load_config(name)
+        assert cfg.data.batch_size > 0 and cfg.system.student_steps > 0, name
+    small, half = speed.load_config("panel_mnist_bn"), speed.load_config("panel_mnist_bn_b64")
+    assert (small.data.batch_size, half.data.batch_size) == (128, 64)
+    assert small.recipe.name == half.recipe.name == "robust" and small.teacher.net == half.teacher.net

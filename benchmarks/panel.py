@@ -149,6 +149,9 @@ VARIANTS: dict[str, list[str]] = {
     "robust_b64_adam": [*ROBUST, "data.batch_size=64", "trainer.max_epochs=12",
                         "system.student_optimizer._target_=torch.optim.Adam", "~system.student_optimizer.momentum",
                         "system.student_optimizer.lr=1e-3"],
+    # The generator's adversarial term only where student and teacher agree (DeepInversion's / CMI's mask).
+    "robust_agree": [*ROBUST, "system.adversarial_agreement=true"],
+    "robust_b64_agree": [*ROBUST, "data.batch_size=64", "trainer.max_epochs=12", "system.adversarial_agreement=true"],
     "robust_b64_kl": [*ROBUST, "data.batch_size=64", "trainer.max_epochs=12", "loss=kl"],
     # Batches of 64 with as many student updates per sample as the recipe's batch of 128 (2, not 4).
     "robust_b64_reuse2": [*ROBUST, "data.batch_size=64", "trainer.max_epochs=12", "system.student_reuse=2"],

@@ -293,6 +293,30 @@ def test_priors_add_to_the_generators_loss_and_only_there():
     assert torch.equal(plain.generator_loss(s, t), losses.negative(losses.mae(s, t)))
 
 
+def test_the_agreement_mask_keeps_the_adversarial_term_where_student_and_teacher_agree():
+    system = make_system(adversarial_agreement=True)
+    t = torch.tensor([[3.0, 0.0, 0.0], [0.0, 2.0, 1.0], [0.0, 0.0, 1.0]], requires_grad=True)
+    s = torch.tensor([[1.0, 0.5, 0.0], [0.0, 3.0, 0.0], [4.0, 0.0, 0.0]], requires_grad=True)  # the last disagrees
+    loss = system.generator_loss(s, t)
+    assert torch.allclose(loss, -losses.mae(s[:2], t[:2]))  # the mean over the two that agree
+    grad_s, grad_t = torch.autograd.grad(loss, [s, t])
+    assert not grad_s[2].any() and not grad_t[2].any() and grad_s[:2].any()
+    assert torch.equal(system.discrepancy(s, t), losses.mae(s, t))  # the student's loss keeps every sample
+    assert torch.equal(make_system().generator_loss(s, t), -losses.mae(s, t))  # off: the paper's
+
+
+def test_the_agreement_mask_is_zero_when_none_agree_and_per_pixel_for_dense_outputs():
+    system = make_system(adversarial_agreement=True)
+    s, t = torch.tensor([[1.0, 0.0]]), torch.tensor([[0.0, 1.0]])
+    assert float(system.generator_loss(s, t)) == 0.0
+    torch.manual_seed(0)
+    s, t = torch.randn(2, 4, 3, 5), torch.randn(2, 4, 3, 5)  # segmentation: (B, classes, H, W)
+    agree = s.argmax(1) == t.argmax(1)
+    expected = -(s - t).abs().mean(1)[agree].mean()
+    assert 0 < int(agree.sum()) < agree.numel()
+    assert torch.allclose(system.generator_loss(s, t), expected)
+
+
 def test_the_batchnorm_prior_shapes_the_generators_gradient(tmp_path):
     from dfad_lightning.networks import GeneratorA, cifar_resnet, lenet5_half
 
@@ -410,7 +434,14 @@ def test_a_warmup_as_long_as_the_run_is_refused_naming_the_key(make_cfg):
 
 @pytest.mark.parametrize(
     "option",
-    ["system.ema_decay=0.9", "system.replay_size=64", "system.balance=1", "system.one_hot=1", "system.student_reuse=2"],
+    [
+        "system.ema_decay=0.9",
+        "system.replay_size=64",
+        "system.balance=1",
+        "system.one_hot=1",
+        "system.student_reuse=2",
+        "system.adversarial_agreement=true",
+    ],
 )
 def test_each_stabiliser_runs_through_the_config(make_cfg, option):
     results = run(make_cfg(option))

@@ -124,6 +124,11 @@ class DFAD(LightningModule):
             (``trainer.max_epochs`` x batches per epoch, rounded), so that runs of any length
             keep most of their iterations for the student. Needs a prior; ``0``: none (the paper);
             nothing without a trained generator (``train_generator=False``).
+        adversarial_agreement: The generator's adversarial term counts only the samples (pixels,
+            for segmentation) on which student and teacher agree on the class, averaged over
+            those (the mask of DeepInversion's and CMI's adversarial terms): the generator stops
+            pushing further the samples the student already gets wrong, where a weak teacher's
+            answers say little. ``False``: every sample (the paper).
     """
 
     teacher_score: Tensor
@@ -160,6 +165,7 @@ class DFAD(LightningModule):
         one_hot: float = 0.0,
         bn_prior: float = 0.0,
         generator_warmup: float = 0,
+        adversarial_agreement: bool = False,
     ) -> None:
         super().__init__()
         # Each check names the config key to change (the schema catches most before; Python users get them here).
@@ -184,6 +190,7 @@ class DFAD(LightningModule):
         self.metric_name = metric_name
         self._discrepancy = discrepancy
         self._adversarial = adversarial
+        self.adversarial_agreement = adversarial_agreement
         self.student_steps, self.student_reuse = student_steps, student_reuse
         self.student_optimizer = student_optimizer
         self.generator_optimizer = generator_optimizer
@@ -252,9 +259,18 @@ class DFAD(LightningModule):
 
         Called once per iteration, in the generation stage; both outputs carry gradients back
         to the generator. The default applies the configured ``adversarial`` objective to
-        :meth:`discrepancy` (``-D`` or ``-log(1 + D)``), plus the configured :meth:`priors`.
+        :meth:`discrepancy` (``-D`` or ``-log(1 + D)``), on the samples where student and teacher
+        agree if ``adversarial_agreement`` is set, plus the configured :meth:`priors`.
         """
-        return self._adversarial(self.discrepancy(student_out, teacher_out)) + self.priors(teacher_out)
+        if not self.adversarial_agreement:
+            return self._adversarial(self.discrepancy(student_out, teacher_out)) + self.priors(teacher_out)
+        # Where they disagree the student's outputs are replaced by the teacher's (detached): no
+        # discrepancy and no gradient there, with no host sync. The discrepancy, a mean over every
+        # position, is then rescaled to a mean over the agreeing ones (zero when none agree).
+        agree = (student_out.argmax(1) == teacher_out.argmax(1)).unsqueeze(1)
+        masked = self.discrepancy(torch.where(agree, student_out, teacher_out.detach()), teacher_out)
+        discrepancy = masked * (agree.numel() / agree.sum().clamp_min(1))
+        return self._adversarial(discrepancy) + self.priors(teacher_out)
 
     def priors(self, teacher_out: Tensor) -> Tensor:
         """The weighted priors of the generator's loss on the teacher's outputs (0 when none is set).

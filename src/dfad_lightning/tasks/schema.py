@@ -133,6 +133,7 @@ SCHEMA: list[Rule] = [
     Rule("system.one_hot", float, low=0),
     Rule("system.bn_prior", float, low=0),
     Rule("system.generator_warmup", float, low=0),
+    Rule("system.adversarial_agreement", bool),
     Rule("system.activation", float, low=0),
     Rule("system.inputs", str, choices=("data", "noise")),
     # dataset

@@ -100,6 +100,8 @@ ROBUST = ["method=dfad", "recipe=robust"]
 # the variants measured before the warm-up), and before system.student_reuse as well.
 ROBUST_NO_WARMUP = [*ROBUST, "system.generator_warmup=0"]
 ROBUST_REUSE1 = [*ROBUST_NO_WARMUP, "system.student_reuse=1"]
+# The recipe on the panel's samples in batches of 64 (600 iterations): the base of the b64 variants.
+ROBUST_B64 = [*ROBUST, "data.batch_size=64", "trainer.max_epochs=12"]
 
 METHODS: dict[str, list[str]] = {
     "dfad": ["method=dfad", *PAPER],
@@ -144,17 +146,16 @@ VARIANTS: dict[str, list[str]] = {
     "robust_b32_glr": [*ROBUST, "data.batch_size=32", "trainer.max_epochs=24", "system.generator_optimizer.lr=2.5e-4"],
     # The generator's faster pace of robust_b32 at the panel's batch: four times its learning rate.
     "robust_glr4": [*ROBUST, "system.generator_optimizer.lr=4e-3"],
-    # Half-way to robust_b32: batches of 64 for 600 iterations.
-    "robust_b64": [*ROBUST, "data.batch_size=64", "trainer.max_epochs=12"],
-    "robust_b64_adam": [*ROBUST, "data.batch_size=64", "trainer.max_epochs=12",
-                        "system.student_optimizer._target_=torch.optim.Adam", "~system.student_optimizer.momentum",
-                        "system.student_optimizer.lr=1e-3"],
+    # Half-way to robust_b32: batches of 64 for 600 iterations; then with one more change each.
+    "robust_b64": ROBUST_B64,
+    "robust_b64_adam": [*ROBUST_B64, "system.student_optimizer._target_=torch.optim.Adam",
+                        "~system.student_optimizer.momentum", "system.student_optimizer.lr=1e-3"],
+    "robust_b64_kl": [*ROBUST_B64, "loss=kl"],
+    # ... with as many student updates per sample as the recipe's batch of 128 (2, not 4).
+    "robust_b64_reuse2": [*ROBUST_B64, "system.student_reuse=2"],
     # The generator's adversarial term only where student and teacher agree (DeepInversion's / CMI's mask).
     "robust_agree": [*ROBUST, "system.adversarial_agreement=true"],
-    "robust_b64_agree": [*ROBUST, "data.batch_size=64", "trainer.max_epochs=12", "system.adversarial_agreement=true"],
-    "robust_b64_kl": [*ROBUST, "data.batch_size=64", "trainer.max_epochs=12", "loss=kl"],
-    # Batches of 64 with as many student updates per sample as the recipe's batch of 128 (2, not 4).
-    "robust_b64_reuse2": [*ROBUST, "data.batch_size=64", "trainer.max_epochs=12", "system.student_reuse=2"],
+    "robust_b64_agree": [*ROBUST_B64, "system.adversarial_agreement=true"],
 }  # fmt: skip
 RUNNABLE = {**METHODS, **VARIANTS}
 

@@ -51,7 +51,7 @@ CONFIGS = {
     # cheaper than an iteration) would mix into the few iterations timed here, so it is left out.
     "robust": ["system.generator_warmup=0"],
     # The robustness panel's MNIST-BN run (recipe=robust, its game without the warm-up) at the
-    # panel's batch and at half of it: the same samples cost the same either way (images/s).
+    # panel's batch and at half of it: images/s compares what a sample costs at each size.
     "panel_mnist_bn": [*PANEL_MNIST_BN, "data.batch_size=128"],
     "panel_mnist_bn_b64": [*PANEL_MNIST_BN, "data.batch_size=64"],
     "mnist": ["experiment=paper_mnist", "trainer=cpu"],

@@ -32,6 +32,7 @@ BAD = [
     ("system.generator_warmup=-1", "system.generator_warmup", "got -1"),
     ("system.nonfinite=maybe", "system.nonfinite", "stop, skip"),
     ("system.channels_last=3", "system.channels_last", "true or false"),
+    ("system.adversarial_agreement=sometimes", "system.adversarial_agreement", "true or false"),
     ("dataset.image_size=[0,32]", "dataset.image_size", "[0, 32]"),
     ("dataset.num_classes=ten", "dataset.num_classes", "'ten'"),
     ("teacher.mean=[0.1,0.2]", "teacher.mean", "2 values for 1 image channels"),

@@ -262,15 +262,22 @@ class DFAD(LightningModule):
         :meth:`discrepancy` (``-D`` or ``-log(1 + D)``), on the samples where student and teacher
         agree if ``adversarial_agreement`` is set, plus the configured :meth:`priors`.
         """
-        if not self.adversarial_agreement:
-            return self._adversarial(self.discrepancy(student_out, teacher_out)) + self.priors(teacher_out)
-        # Where they disagree the student's outputs are replaced by the teacher's (detached): no
-        # discrepancy and no gradient there, with no host sync. The discrepancy, a mean over every
-        # position, is then rescaled to a mean over the agreeing ones (zero when none agree).
+        if self.adversarial_agreement:
+            discrepancy = self._agreeing_discrepancy(student_out, teacher_out)
+        else:
+            discrepancy = self.discrepancy(student_out, teacher_out)
+        return self._adversarial(discrepancy) + self.priors(teacher_out)
+
+    def _agreeing_discrepancy(self, student_out: Tensor, teacher_out: Tensor) -> Tensor:
+        """:meth:`discrepancy` averaged over the positions where both argmaxes agree (0 if none do).
+
+        Where they disagree the student's outputs are replaced by the teacher's (detached): no
+        discrepancy and no gradient there, and no host sync (no boolean indexing). The mean over
+        every position is then rescaled to a mean over the agreeing ones.
+        """
         agree = (student_out.argmax(1) == teacher_out.argmax(1)).unsqueeze(1)
         masked = self.discrepancy(torch.where(agree, student_out, teacher_out.detach()), teacher_out)
-        discrepancy = masked * (agree.numel() / agree.sum().clamp_min(1))
-        return self._adversarial(discrepancy) + self.priors(teacher_out)
+        return masked * (agree.numel() / agree.sum().clamp_min(1))
 
     def priors(self, teacher_out: Tensor) -> Tensor:
         """The weighted priors of the generator's loss on the teacher's outputs (0 when none is set).

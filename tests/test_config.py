@@ -87,6 +87,22 @@ def test_loss_options_are_discrepancies(make_cfg, option):
     assert fn(t + torch.randn(4, 10), t).item() > 0
 
 
+@pytest.mark.parametrize("method", options("method"))
+@pytest.mark.parametrize("loss", options("loss"))
+def test_every_method_takes_every_loss(make_cfg, method, loss):
+    # A method that brings its own loss (Hinton's KD for kd_ori, kd_other, dafl) leaves no key of
+    # it behind when the user picks another: `method=kd_ori loss=mae` once failed inside mae().
+    cfg = make_cfg(f"method={method}", f"loss={loss}")
+    fn = instantiate(cfg.system.discrepancy)
+    t = torch.randn(4, 10)
+    assert fn(t, t).item() == pytest.approx(0.0, abs=1e-6)
+
+
+@pytest.mark.parametrize("method", ["kd_ori", "kd_other", "dafl"])
+def test_the_kd_baselines_distil_at_temperature_4(make_cfg, method):
+    assert make_cfg(f"method={method}").system.discrepancy.temperature == 4.0
+
+
 @pytest.mark.parametrize("option", options("adversarial"))
 def test_adversarial_options_turn_the_discrepancy_into_a_loss_to_minimise(make_cfg, option):
     cfg = make_cfg(f"adversarial={option}")

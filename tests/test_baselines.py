@@ -60,6 +60,13 @@ def test_dafl_trains_the_generator_against_the_teacher_alone():
     assert not same(student, snapshot(system.student)) and not same(generator, snapshot(system.generator))
 
 
+def test_dafl_refuses_the_agreement_mask_it_would_ignore(make_cfg):
+    with pytest.raises(ConfigError, match=r"^system\.adversarial_agreement: masks the generator's adversarial term"):
+        make_system(cls=DAFL, adversarial_agreement=True)
+    with pytest.raises(ConfigError, match="set it to false with method=dafl"):
+        run(make_cfg("method=dafl", "system.adversarial_agreement=true"))
+
+
 @pytest.mark.parametrize("method", ["dfad", "random", "kd_ori", "dafl", "dfq"])
 def test_every_method_runs_from_config(make_cfg, method):
     results = run(make_cfg(f"method={method}"))

@@ -18,6 +18,7 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
+from dfad_lightning.errors import ConfigError
 from dfad_lightning.systems.dfad import DFAD
 
 
@@ -67,6 +68,12 @@ class DAFL(DFAD):
     def __init__(
         self, *args: Any, one_hot: float = 1.0, activation: float = 0.1, balance: float = 5.0, **kwargs: Any
     ) -> None:
+        if kwargs.get("adversarial_agreement"):
+            raise ConfigError(
+                "system.adversarial_agreement",
+                "masks the generator's adversarial term, and DAFL's generator learns against the teacher alone "
+                "(no adversarial term): set it to false with method=dafl",
+            )
         super().__init__(*args, **{**kwargs, "one_hot": one_hot, "balance": balance})
         self.activation = activation
         last_linear = [m for m in self.teacher.modules() if isinstance(m, nn.Linear)]

@@ -156,6 +156,14 @@ VARIANTS: dict[str, list[str]] = {
     # The generator's adversarial term only where student and teacher agree (DeepInversion's / CMI's mask).
     "robust_agree": [*ROBUST, "system.adversarial_agreement=true"],
     "robust_b64_agree": [*ROBUST_B64, "system.adversarial_agreement=true"],
+    # Each generated sample translated by up to 1/16 or 1/8 of its sides before the networks see it.
+    "robust_shift_0.0625": [*ROBUST, "system.shift=0.0625"],
+    "robust_shift_0.125": [*ROBUST, "system.shift=0.125"],
+    # The generator's Adam with GAN momentum (beta1 0.5, as DCGAN and Fast-DFKD); a 4x larger replay
+    # memory; a longer moving average of the student.
+    "robust_gbeta05": [*ROBUST, "+system.generator_optimizer.betas=[0.5,0.999]"],
+    "robust_replay16k": [*ROBUST, "system.replay_size=16384"],
+    "robust_ema995": [*ROBUST, "system.ema_decay=0.995"],
 }  # fmt: skip
 RUNNABLE = {**METHODS, **VARIANTS}
 

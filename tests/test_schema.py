@@ -33,6 +33,7 @@ BAD = [
     ("system.nonfinite=maybe", "system.nonfinite", "stop, skip"),
     ("system.channels_last=3", "system.channels_last", "true or false"),
     ("system.adversarial_agreement=sometimes", "system.adversarial_agreement", "true or false"),
+    ("system.shift=0.5", "system.shift", "below 0.5"),
     ("dataset.image_size=[0,32]", "dataset.image_size", "[0, 32]"),
     ("dataset.num_classes=ten", "dataset.num_classes", "'ten'"),
     ("teacher.mean=[0.1,0.2]", "teacher.mean", "2 values for 1 image channels"),

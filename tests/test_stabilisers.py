@@ -7,6 +7,7 @@ import warnings
 
 import pytest
 import torch
+import torch.nn.functional as F
 from test_dfad import K, fit, make_system, same, snapshot
 from torch import nn
 from torch.optim.optimizer import register_optimizer_step_post_hook
@@ -14,6 +15,7 @@ from torch.optim.optimizer import register_optimizer_step_post_hook
 from dfad_lightning import losses
 from dfad_lightning.errors import ConfigError
 from dfad_lightning.systems import DAFL, DFAD
+from dfad_lightning.systems.augment import random_shift
 from dfad_lightning.systems.memory import ReplayMemory
 from dfad_lightning.tasks import run
 
@@ -348,6 +350,75 @@ def test_dafl_is_the_priors_plus_its_activation_loss():
 
 
 # ---------------------------------------------------------------------------------------------
+# Random translations of the generated samples
+# ---------------------------------------------------------------------------------------------
+
+
+def translation(image: torch.Tensor, shifted: torch.Tensor, largest: int) -> tuple[int, int] | None:
+    """The (down, right) translation, within ``largest`` pixels, that turns ``image`` into ``shifted``."""
+    height, width = image.shape[-2:]
+    padded = F.pad(image[None], (largest,) * 4, mode="replicate")[0]
+    for dy in range(-largest, largest + 1):
+        for dx in range(-largest, largest + 1):
+            crop = padded[..., largest - dy : largest - dy + height, largest - dx : largest - dx + width]
+            if torch.equal(crop, shifted):
+                return dy, dx
+    return None
+
+
+def test_random_shift_translates_each_image_by_its_own_whole_pixels_within_the_bound():
+    x = torch.randn(64, 3, 16, 16, requires_grad=True)
+    y = random_shift(x, 0.125, torch.Generator().manual_seed(0))  # up to 2 pixels of 16
+    moves = [translation(x[i].detach(), y[i].detach(), 2) for i in range(64)]
+    assert None not in moves  # every image is its input translated, the border repeated
+    assert len(set(moves)) > 10  # each image its own translation
+    assert max(max(abs(dy), abs(dx)) for dy, dx in moves) == 2
+    (grad,) = torch.autograd.grad(y.sum(), x)  # differentiable: every output pixel comes from one input pixel
+    assert grad.sum() == y.numel() and (grad >= 0).all()
+    assert random_shift(x, 0.0) is x
+    again = random_shift(x, 0.125, torch.Generator().manual_seed(0))
+    assert torch.equal(again, y)  # the same stream, the same translations
+
+
+class SeesInputs(DFAD):
+    """Records, for every training batch, what synthesize made and what the teacher was given."""
+
+    def __init__(self, *args, **kwargs):
+        super().__init__(*args, **kwargs)
+        self.pairs: list[tuple[torch.Tensor, torch.Tensor]] = []
+        self.teacher.register_forward_hook(self._seen)
+
+    def synthesize(self, z):
+        self._made = super().synthesize(z)
+        return self._made
+
+    def _seen(self, module, inputs, output):
+        if self.training and hasattr(self, "_made"):
+            self.pairs.append((self._made.detach().clone(), inputs[0].detach().clone()))
+            del self._made
+
+
+@pytest.mark.parametrize("shift", [0.0, 0.125])
+def test_the_shift_translates_the_samples_of_every_stage_before_the_teacher_labels_them(tmp_path, shift):
+    system = make_system(cls=SeesInputs, shift=shift, generator_warmup=2, balance=1.0)
+    fit(system, tmp_path, epochs=1)  # 4 iterations: 2 of the warm-up, then 2 of K student steps and a generator step
+    assert len(system.pairs) == 2 + 2 * (K + 1)
+    for made, seen in system.pairs:
+        if shift == 0.0:
+            assert torch.equal(made, seen)  # off: the paper's samples as they are
+        else:
+            moves = [translation(m, s, 4) for m, s in zip(made, seen, strict=True)]  # up to 4 pixels of 32
+            assert None not in moves and any(move != (0, 0) for move in moves)
+
+
+def test_the_shift_leaves_evaluation_and_probes_alone():
+    system = make_system(shift=0.125)
+    z = torch.randn(8, 16)
+    system.generator.eval()
+    assert torch.equal(system.synthesize(z), system.generator(z))  # probes and pictures call synthesize
+
+
+# ---------------------------------------------------------------------------------------------
 # Generator warm-up
 # ---------------------------------------------------------------------------------------------
 
@@ -441,6 +512,7 @@ def test_a_warmup_as_long_as_the_run_is_refused_naming_the_key(make_cfg):
         "system.one_hot=1",
         "system.student_reuse=2",
         "system.adversarial_agreement=true",
+        "system.shift=0.125",
     ],
 )
 def test_each_stabiliser_runs_through_the_config(make_cfg, option):
@@ -457,6 +529,8 @@ def test_each_stabiliser_runs_through_the_config(make_cfg, option):
         ({"student_reuse": 0}, "system.student_reuse"),
         ({"nonfinite": "ignore"}, "system.nonfinite"),
         ({"replay_dtype": "int8"}, "system.replay_dtype"),
+        ({"shift": 0.5}, "system.shift"),
+        ({"shift": -0.1}, "system.shift"),
     ],
 )
 def test_bad_loop_values_are_refused_naming_their_key(option, key):

@@ -20,6 +20,7 @@ from torchmetrics import Metric
 
 from dfad_lightning import losses
 from dfad_lightning.errors import ConfigError, NonFiniteLossError
+from dfad_lightning.systems.augment import random_shift
 from dfad_lightning.systems.memory import ReplayMemory
 
 REPLAY_DTYPES = ("float32", "bfloat16", "float16")
@@ -61,6 +62,7 @@ class DFAD(LightningModule):
     - :meth:`priors`: the terms of that loss that need only the teacher (its whole loss in the
       warm-up);
     - :meth:`synthesize`: how a noise batch becomes inputs;
+    - :meth:`augment`: how a training batch of those inputs is varied before the networks see it;
     - :meth:`validation_step`: how a real batch updates the evaluation metric;
     - :meth:`fidelity`: how teacher and student are compared on data-free probes;
     - :meth:`report`: task-specific results for ``results.json``.
@@ -129,6 +131,10 @@ class DFAD(LightningModule):
             those (the mask of DeepInversion's and CMI's adversarial terms): the generator stops
             pushing further the samples the student already gets wrong, where a weak teacher's
             answers say little. ``False``: every sample (the paper).
+        shift: Each generated training sample is translated by a random whole number of pixels,
+            up to this fraction of its height and width (:meth:`augment`), before teacher, student
+            and priors see it, in every stage: more varied samples from each generator pass, for
+            no teacher pass more (the teacher labels the translated sample). ``0``: none (the paper).
     """
 
     teacher_score: Tensor
@@ -166,6 +172,7 @@ class DFAD(LightningModule):
         bn_prior: float = 0.0,
         generator_warmup: float = 0,
         adversarial_agreement: bool = False,
+        shift: float = 0.0,
     ) -> None:
         super().__init__()
         # Each check names the config key to change (the schema catches most before; Python users get them here).
@@ -177,6 +184,7 @@ class DFAD(LightningModule):
             ("replay_size", replay_size, replay_size >= 0, "at least 0 (0: no replay)"),
             ("replay_fraction", replay_fraction, replay_fraction > 0, "above 0"),
             ("replay_dtype", replay_dtype, replay_dtype in REPLAY_DTYPES, f"one of {', '.join(REPLAY_DTYPES)}"),
+            ("shift", shift, 0.0 <= shift < 0.5, "in [0, 0.5) (a fraction of the image side; 0: none)"),
         ]
         for name, value, ok, expected in checks:
             if not ok:
@@ -191,6 +199,7 @@ class DFAD(LightningModule):
         self._discrepancy = discrepancy
         self._adversarial = adversarial
         self.adversarial_agreement = adversarial_agreement
+        self.shift = shift
         self.student_steps, self.student_reuse = student_steps, student_reuse
         self.student_optimizer = student_optimizer
         self.generator_optimizer = generator_optimizer
@@ -244,6 +253,20 @@ class DFAD(LightningModule):
         """
         out: Tensor = self.generator(z)
         return out
+
+    def augment(self, x: Tensor) -> Tensor:
+        """Vary a training batch of inputs before teacher and student see it (the default: :attr:`shift`).
+
+        Called on every training batch that :meth:`synthesize` makes, in each stage (with
+        gradients in the generation stage and the warm-up), not on the samples of evaluations
+        and probes. The teacher labels what this returns, so any change of the input is sound,
+        for any task: a segmentation teacher labels the translated image's pixels.
+        """
+        if not self.shift:
+            return x
+        # One stream per (process, optimizer step): a resumed run translates as a straight run does.
+        rng = torch.Generator(device=x.device).manual_seed(hash((self.global_rank, self.global_step)) % 2**32)
+        return random_shift(x, self.shift, rng)
 
     def discrepancy(self, student_out: Tensor, teacher_out: Tensor) -> Tensor:
         """The student's loss: a scalar discrepancy between its outputs and the teacher's.
@@ -380,7 +403,7 @@ class DFAD(LightningModule):
         student_losses = []
         for z_i in z[:-1]:
             with torch.no_grad():
-                x = self.synthesize(z_i)
+                x = self.augment(self.synthesize(z_i))
                 teacher_out = self.teacher(x)
             for _ in range(self.student_reuse):
                 x_s, teacher_s = self._replayed(x, teacher_out)
@@ -402,7 +425,7 @@ class DFAD(LightningModule):
         loss_g = torch.zeros((), device=z.device)
         if self.train_generator:
             with self.toggled_optimizer(opt_g):
-                x = self.synthesize(z[-1])
+                x = self.augment(self.synthesize(z[-1]))
                 loss_g = self.generator_loss(self.student(x), self.teacher(x))
                 if not self._skip(loss_g):
                     opt_g.zero_grad(set_to_none=True)
@@ -422,7 +445,7 @@ class DFAD(LightningModule):
     def _warmup_step(self, z: Tensor, opt_g: LightningOptimizer) -> None:
         """One generator step on its priors alone; the student waits for samples worth learning from."""
         with self.toggled_optimizer(opt_g):
-            loss_g = self.priors(self.teacher(self.synthesize(z)))
+            loss_g = self.priors(self.teacher(self.augment(self.synthesize(z))))
             if not self._skip(loss_g):
                 opt_g.zero_grad(set_to_none=True)
                 self.manual_backward(loss_g)

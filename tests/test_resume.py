@@ -18,7 +18,8 @@ pytestmark = pytest.mark.slow  # real processes, killed and resumed
 # 3 epochs of 4 iterations, a checkpoint after every iteration, LR schedules stepped per epoch,
 # deterministic CPU kernels, and every stabiliser that carries state: the student's moving average
 # (then the student a run delivers, in student.pt), the replay memory, and a generator warm-up
-# over the first WARMUP iterations (one optimizer step each; then 5 student steps + 1 generator step).
+# over the first WARMUP iterations (one optimizer step each; then 5 student steps + 1 generator step);
+# and random translations of the samples, whose stream follows the optimizer step.
 WARMUP = 3
 STEP_LR = "{_target_:torch.optim.lr_scheduler.StepLR,_partial_:true,step_size:1,gamma:0.5}"
 RUN = [
@@ -34,6 +35,7 @@ RUN = [
     "system.replay_size=40",
     "system.balance=1",
     f"system.generator_warmup={WARMUP}",
+    "system.shift=0.125",
 ]
 
 

@@ -380,7 +380,7 @@ def test_random_shift_translates_each_image_by_its_own_whole_pixels_within_the_b
     assert torch.equal(again, y)  # the same stream, the same translations
 
 
-class SeesInputs(DFAD):
+class SeesTeacherInputs(DFAD):
     """Records, for every training batch, what synthesize made and what the teacher was given."""
 
     def __init__(self, *args, **kwargs):
@@ -400,7 +400,7 @@ class SeesInputs(DFAD):
 
 @pytest.mark.parametrize("shift", [0.0, 0.125])
 def test_the_shift_translates_the_samples_of_every_stage_before_the_teacher_labels_them(tmp_path, shift):
-    system = make_system(cls=SeesInputs, shift=shift, generator_warmup=2, balance=1.0)
+    system = make_system(cls=SeesTeacherInputs, shift=shift, generator_warmup=2, balance=1.0)
     fit(system, tmp_path, epochs=1)  # 4 iterations: 2 of the warm-up, then 2 of K student steps and a generator step
     assert len(system.pairs) == 2 + 2 * (K + 1)
     for made, seen in system.pairs:

@@ -277,6 +277,29 @@ def test_the_batchnorm_prior_is_zero_on_data_with_the_layers_statistics():
     assert float(prior.loss().detach()) > 2.0
 
 
+@pytest.mark.parametrize(
+    ("layer", "shape", "channels_last"),
+    [
+        (nn.BatchNorm2d(3), (16, 3, 8, 8), False),
+        (nn.BatchNorm2d(3), (16, 3, 8, 8), True),
+        (nn.BatchNorm1d(3), (16, 3), False),
+    ],
+)
+def test_the_batchnorm_prior_is_the_distance_of_the_batchs_statistics_in_any_layout(layer, shape, channels_last):
+    torch.manual_seed(0)
+    layer.eval().running_mean.uniform_(-1, 1)
+    layer.running_var.uniform_(0.5, 2)
+    prior = losses.BatchNormPrior(layer)
+    x = torch.randn(*shape) * 1.5 + 0.3
+    if channels_last:
+        x = x.contiguous(memory_format=torch.channels_last)
+    layer(x.requires_grad_())
+    dims = [d for d in range(x.dim()) if d != 1]
+    var, mean = torch.var_mean(x.detach(), dim=dims, unbiased=False)
+    expected = torch.linalg.vector_norm(mean - layer.running_mean) + torch.linalg.vector_norm(var - layer.running_var)
+    assert torch.allclose(prior.loss(), expected, rtol=1e-5)
+
+
 def test_the_batchnorm_prior_is_nothing_on_a_teacher_without_batchnorm():
     # make_system's teacher is a LeNet-5: the prior finds no layer and the generator's loss is the paper's.
     plain, primed = make_system(), make_system(bn_prior=1.0)

@@ -164,6 +164,11 @@ VARIANTS: dict[str, list[str]] = {
     "robust_gbeta05": [*ROBUST, "+system.generator_optimizer.betas=[0.5,0.999]"],
     "robust_replay16k": [*ROBUST, "system.replay_size=16384"],
     "robust_ema995": [*ROBUST, "system.ema_decay=0.995"],
+    # The recipe's student updates in 2 or 4 parts of each sample (more, smaller updates; the same
+    # samples, generator steps and compute); the second also with the samples shifted.
+    "robust_minibatches2": [*ROBUST, "system.student_minibatches=2"],
+    "robust_minibatches4": [*ROBUST, "system.student_minibatches=4"],
+    "robust_minibatches4_shift": [*ROBUST, "system.student_minibatches=4", "system.shift=0.0625"],
 }  # fmt: skip
 RUNNABLE = {**METHODS, **VARIANTS}
 

@@ -71,6 +71,15 @@ def test_with_student_reuse_the_nan_names_the_update_and_iterations_still_count(
     assert saved["global_step"] == 2 * 7 and system.steps_per_iteration == 7
 
 
+def test_with_student_minibatches_the_nan_names_the_update(tmp_path):
+    # K = 3 steps x 2 minibatches + 1 generator step = 7 discrepancy calls per iteration, as above.
+    system = make_system(discrepancy=NaNAfter(18), student_minibatches=2)
+    with pytest.raises(
+        NonFiniteLossError, match=r"student loss \(student step 2 of 3, update 2 of 2\) is nan in iteration 3 "
+    ):
+        fit(system, tmp_path)
+
+
 def test_skip_mode_skips_and_counts_nonfinite_steps(tmp_path):
     system = make_system(discrepancy=NaNAfter(10), nonfinite="skip")
     fit(system, tmp_path, epochs=1)  # 4 iterations: from call 10 on, every step is skipped

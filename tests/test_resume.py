@@ -18,8 +18,8 @@ pytestmark = pytest.mark.slow  # real processes, killed and resumed
 # 3 epochs of 4 iterations, a checkpoint after every iteration, LR schedules stepped per epoch,
 # deterministic CPU kernels, and every stabiliser that carries state: the student's moving average
 # (then the student a run delivers, in student.pt), the replay memory, and a generator warm-up
-# over the first WARMUP iterations (one optimizer step each; then 5 student steps + 1 generator step);
-# and random translations of the samples, whose stream follows the optimizer step.
+# over the first WARMUP iterations (one optimizer step each; then 5 student steps of 2 minibatches
+# + 1 generator step); and random translations of the samples, whose stream follows the optimizer step.
 WARMUP = 3
 STEP_LR = "{_target_:torch.optim.lr_scheduler.StepLR,_partial_:true,step_size:1,gamma:0.5}"
 RUN = [
@@ -36,7 +36,9 @@ RUN = [
     "system.balance=1",
     f"system.generator_warmup={WARMUP}",
     "system.shift=0.125",
+    "system.student_minibatches=2",
 ]
+STEPS_PER_ITERATION = 5 * 2 + 1
 
 
 def train(out: Path, cache_dir: Path, *extra: str, wait: bool = True) -> subprocess.Popen[bytes]:
@@ -62,7 +64,7 @@ def progress(checkpoint: Path) -> tuple[int, bool]:
         return 0, False
     evaluations = state["loops"]["fit_loop"]["epoch_loop.val_loop.batch_progress"]["total"]["completed"]
     steps = int(state["global_step"])
-    iterations = min(steps, WARMUP) + max(0, steps - WARMUP) // 6
+    iterations = min(steps, WARMUP) + max(0, steps - WARMUP) // STEPS_PER_ITERATION
     return iterations, evaluations > 0 and iterations % 4 == 0 and state["epoch"] == iterations // 4 - 1
 
 

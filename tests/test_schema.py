@@ -17,6 +17,7 @@ BAD = [
     ("data.batch_size=1", "data.batch_size", "at least 2"),
     ("system.student_steps=abc", "system.student_steps", "'abc'"),
     ("system.student_reuse=0", "system.student_reuse", "got 0"),
+    ("system.student_minibatches=0", "system.student_minibatches", "got 0"),
     ("data.iterations_per_epoch=1.5", "data.iterations_per_epoch", "1.5"),
     ("generator.ngf=0", "generator.ngf", "got 0"),
     ("generator.nz=-3", "generator.nz", "got -3"),

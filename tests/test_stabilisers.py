@@ -17,7 +17,7 @@ from dfad_lightning.errors import ConfigError
 from dfad_lightning.systems import DAFL, DFAD
 from dfad_lightning.systems.augment import random_shift
 from dfad_lightning.systems.memory import ReplayMemory
-from dfad_lightning.tasks import run
+from dfad_lightning.tasks import main, run
 
 # ---------------------------------------------------------------------------------------------
 # Moving average of the student
@@ -210,6 +210,54 @@ def test_student_reuse_of_one_is_the_papers_loop(tmp_path):
     reuse_2 = make_system(student_reuse=2)
     fit(reuse_2, tmp_path / "c", epochs=1)
     assert not same(snapshot(paper.student), snapshot(reuse_2.student))
+
+
+def test_student_minibatches_split_each_sample_into_parts_one_update_each(tmp_path):
+    system = make_system(cls=CountsImitation, student_reuse=2, student_minibatches=2, replay_size=32)
+    student_updates = []
+    hook = register_optimizer_step_post_hook(
+        lambda opt, args, kwargs: student_updates.append(1) if isinstance(opt, torch.optim.SGD) else None
+    )
+    try:
+        trainer = fit(system, tmp_path, epochs=1)  # 4 iterations
+    finally:
+        hook.remove()
+    assert system.labels == 4 * K  # each sample still made and labelled once
+    assert len(system.sizes) == len(student_updates) == 4 * K * 2 * 2  # two passes of two parts on each
+    assert system.sizes[:4] == [4] * 4 and set(system.sizes[4:]) == {6}  # halves, with half as many replayed
+    assert system.memory is not None and system.memory.seen == 4 * K * 8  # the whole sample is remembered once
+    assert trainer.global_step == 4 * system.steps_per_iteration and system.steps_per_iteration == K * 4 + 1
+    assert system.iterations(trainer.global_step) == 4
+
+
+def test_student_minibatches_take_the_whole_sample_between_them():
+    system = make_system(student_minibatches=3)
+    x, out = torch.randn(8, 1, 4, 4), torch.randn(8, 10)
+    parts = system._minibatches(x, out)
+    assert [len(p) for p, _ in parts] == [3, 3, 2]
+    sixteen = make_system(student_minibatches=6)._minibatches(torch.randn(16, 1, 4, 4), torch.randn(16, 10))
+    assert [len(p) for p, _ in sixteen] == [3, 3, 3, 3, 2, 2]  # sizes within one of each other, none of 1
+    assert torch.equal(torch.cat([p for p, _ in parts]), x) and torch.equal(torch.cat([o for _, o in parts]), out)
+    assert make_system()._minibatches(x, out) == [(x, out)]  # one: the whole batch, as the paper
+
+
+def test_one_student_minibatch_is_the_papers_loop_and_more_change_the_student(tmp_path):
+    paper, one = make_system(), make_system(student_minibatches=1)
+    fit(paper, tmp_path / "a", epochs=1)
+    fit(one, tmp_path / "b", epochs=1)
+    assert same(snapshot(paper.student), snapshot(one.student))
+    two = make_system(student_minibatches=2)
+    fit(two, tmp_path / "c", epochs=1)
+    assert not same(snapshot(paper.student), snapshot(two.student))
+
+
+def test_minibatches_too_small_for_batchnorm_are_refused_naming_the_key(make_cfg, capsys):
+    with pytest.raises(SystemExit) as exit_:
+        main(make_cfg("system.student_minibatches=9"))  # batches of 16: parts of 1 or 2
+    assert exit_.value.code == 2
+    err = capsys.readouterr().err.strip()
+    assert err.startswith("Error: system.student_minibatches: 9 minibatches of a batch of 16 leave fewer than 2")
+    assert "data.batch_size" in err and len(err.splitlines()) == 1
 
 
 def test_a_half_size_memory_stores_bfloat16_and_the_student_steps_still_run(tmp_path):
@@ -511,7 +559,6 @@ def test_the_warmup_needs_a_prior_to_train_on():
 
 
 def test_a_warmup_without_a_prior_is_one_line_naming_the_key(make_cfg, capsys):
-    from dfad_lightning.tasks import main
 
     with pytest.raises(SystemExit) as done:
         main(make_cfg("system.generator_warmup=2", "system.balance=0", "system.one_hot=0", "system.bn_prior=1"))
@@ -534,6 +581,7 @@ def test_a_warmup_as_long_as_the_run_is_refused_naming_the_key(make_cfg):
         "system.balance=1",
         "system.one_hot=1",
         "system.student_reuse=2",
+        "system.student_minibatches=2",
         "system.adversarial_agreement=true",
         "system.shift=0.125",
     ],
@@ -550,6 +598,7 @@ def test_each_stabiliser_runs_through_the_config(make_cfg, option):
         ({"replay_size": -1}, "system.replay_size"),
         ({"replay_fraction": 0.0}, "system.replay_fraction"),
         ({"student_reuse": 0}, "system.student_reuse"),
+        ({"student_minibatches": 0}, "system.student_minibatches"),
         ({"nonfinite": "ignore"}, "system.nonfinite"),
         ({"replay_dtype": "int8"}, "system.replay_dtype"),
         ({"shift": 0.5}, "system.shift"),

@@ -51,9 +51,10 @@ class DFAD(LightningModule):
     see ``conf/method/``): a moving average of the student's weights (``ema_decay``), which is
     then the student that is evaluated, checkpointed and exported; a replay memory of past samples
     mixed into the student steps (``replay_size``); several student updates on each sample
-    (``student_reuse``); and priors in the generator's loss that pull its samples towards the
-    teacher's data (``balance``, ``one_hot``, ``bn_prior``), which can also train the generator
-    alone for the first iterations (``generator_warmup``).
+    (``student_reuse``), each on a part of it (``student_minibatches``); and priors in the
+    generator's loss that pull its samples towards the teacher's data (``balance``, ``one_hot``,
+    ``bn_prior``), which can also train the generator alone for the first iterations
+    (``generator_warmup``).
 
     Subclasses adapt the method to a task by overriding a few hooks:
 
@@ -82,6 +83,10 @@ class DFAD(LightningModule):
         student_reuse: Student updates on each student step's sample (``1``: the paper), which
             the generator makes and the teacher labels once: each further update costs only the
             student's forward and backward pass.
+        student_minibatches: Student updates per pass over each student step's sample, each on its
+            share of it (``B / student_minibatches`` fresh samples, plus its replayed ones): more,
+            smaller updates from the same samples and compute (``1``: the paper, one update on the
+            whole batch). Each minibatch needs at least 2 samples (BatchNorm).
         student_optimizer: Builds the student's optimizer from its parameters.
         generator_optimizer: Builds the generator's optimizer from its parameters.
         student_scheduler: Builds the student's LR schedule, stepped once per epoch, or ``None``.
@@ -154,6 +159,7 @@ class DFAD(LightningModule):
         adversarial: Adversarial = losses.negative,
         student_steps: int = 5,
         student_reuse: int = 1,
+        student_minibatches: int = 1,
         student_optimizer: OptimizerFactory = SGD_DEFAULT,
         generator_optimizer: OptimizerFactory = ADAM_DEFAULT,
         student_scheduler: SchedulerFactory | None = None,
@@ -179,6 +185,7 @@ class DFAD(LightningModule):
         checks: list[tuple[str, object, bool, str]] = [
             ("student_steps", student_steps, student_steps >= 1, "at least 1"),
             ("student_reuse", student_reuse, student_reuse >= 1, "at least 1"),
+            ("student_minibatches", student_minibatches, student_minibatches >= 1, "at least 1"),
             ("nonfinite", nonfinite, nonfinite in ("stop", "skip"), "'stop' or 'skip'"),
             ("ema_decay", ema_decay, ema_decay is None or 0.0 <= ema_decay < 1.0, "null or in [0, 1)"),
             ("replay_size", replay_size, replay_size >= 0, "at least 0 (0: no replay)"),
@@ -201,6 +208,7 @@ class DFAD(LightningModule):
         self.adversarial_agreement = adversarial_agreement
         self.shift = shift
         self.student_steps, self.student_reuse = student_steps, student_reuse
+        self.student_minibatches = student_minibatches
         self.student_optimizer = student_optimizer
         self.generator_optimizer = generator_optimizer
         self.student_scheduler = student_scheduler
@@ -356,9 +364,14 @@ class DFAD(LightningModule):
     # ----------------------------------------------------------------------------------------
 
     @property
+    def updates_per_student_step(self) -> int:
+        """Student updates on each student step's sample: ``student_reuse`` passes of ``student_minibatches``."""
+        return self.student_reuse * self.student_minibatches
+
+    @property
     def steps_per_iteration(self) -> int:
-        """Optimizer steps per iteration (what Lightning's ``global_step`` counts): k x reuse, plus the generator's."""
-        return self.student_steps * self.student_reuse + int(self.train_generator)
+        """Optimizer steps per iteration (what Lightning's ``global_step`` counts): student's and generator's."""
+        return self.student_steps * self.updates_per_student_step + int(self.train_generator)
 
     @property
     def warmup_iterations(self) -> int:
@@ -399,14 +412,16 @@ class DFAD(LightningModule):
         # Neither G nor T is trained here, so their forward passes need no graph. With
         # student_reuse r > 1 the student takes r updates on each sample: making and labelling
         # a sample costs several times a student update, and the student is what learns slowest.
-        # With replay on, each update adds past samples, drawn anew, with the teacher's stored outputs.
+        # With student_minibatches m > 1 each pass takes the sample in m parts, one update each:
+        # more updates from the same compute. With replay on, each update adds past samples, drawn
+        # anew, with the teacher's stored outputs.
         student_losses = []
         for z_i in z[:-1]:
             with torch.no_grad():
                 x = self.augment(self.synthesize(z_i))
                 teacher_out = self.teacher(x)
-            for _ in range(self.student_reuse):
-                x_s, teacher_s = self._replayed(x, teacher_out)
+            for x_m, teacher_m in self._minibatches(x, teacher_out) * self.student_reuse:  # r passes over the parts
+                x_s, teacher_s = self._replayed(x_m, teacher_m)
                 loss_s = self.discrepancy(self.student(x_s), teacher_s)
                 student_losses.append(loss_s.detach())
                 if self._skip(loss_s):
@@ -452,6 +467,23 @@ class DFAD(LightningModule):
                 opt_g.step()
         self._guard(loss_g.new_empty(0), loss_g.detach())
         self.log("train/loss_warmup", loss_g.detach(), prog_bar=True)
+
+    def _minibatches(self, x: Tensor, teacher_out: Tensor) -> list[tuple[Tensor, Tensor]]:
+        """``x`` and the teacher's outputs on it in ``student_minibatches`` parts of (nearly) equal size.
+
+        Raises:
+            ConfigError: A part would hold fewer than 2 samples (the student's BatchNorm needs 2).
+        """
+        if self.student_minibatches == 1:
+            return [(x, teacher_out)]
+        if len(x) < 2 * self.student_minibatches:
+            raise ConfigError(
+                "system.student_minibatches",
+                f"{self.student_minibatches} minibatches of a batch of {len(x)} leave fewer than 2 samples in each "
+                "(BatchNorm needs 2): lower it, or raise data.batch_size",
+            )
+        parts = self.student_minibatches
+        return list(zip(x.tensor_split(parts), teacher_out.tensor_split(parts), strict=True))
 
     def _replayed(self, x: Tensor, teacher_out: Tensor) -> tuple[Tensor, Tensor]:
         """``x`` and the teacher's outputs on it, each with ``replay_fraction * len(x)`` past ones appended, if any."""
@@ -533,10 +565,10 @@ class DFAD(LightningModule):
             return
         bad = ~torch.isfinite(student_losses)
         if bool(bad.any()):
-            update = int(bad.nonzero()[0])
-            step = f"student step {update // self.student_reuse + 1} of {self.student_steps}"
-            if self.student_reuse > 1:
-                step += f", update {update % self.student_reuse + 1} of {self.student_reuse}"
+            update, per_step = int(bad.nonzero()[0]), self.updates_per_student_step
+            step = f"student step {update // per_step + 1} of {self.student_steps}"
+            if per_step > 1:
+                step += f", update {update % per_step + 1} of {per_step}"
             which, value = f"student loss ({step})", student_losses[update]
         else:  # a warm-up iteration has no student step
             which, value = "generator loss" if len(student_losses) else "generator loss (warm-up)", loss_g

@@ -100,8 +100,11 @@ ROBUST = ["method=dfad", "recipe=robust"]
 # the variants measured before the warm-up), and before system.student_reuse as well.
 ROBUST_NO_WARMUP = [*ROBUST, "system.generator_warmup=0"]
 ROBUST_REUSE1 = [*ROBUST_NO_WARMUP, "system.student_reuse=1"]
+# The recipe before its student updates took each sample in parts where the BatchNorm prior acts:
+# the base of the variants measured before (on teachers without BatchNorm, the recipe itself).
+ROBUST_NO_MINIBATCHES = [*ROBUST, "system.student_minibatches=1"]
 # The recipe on the panel's samples in batches of 64 (600 iterations): the base of the b64 variants.
-ROBUST_B64 = [*ROBUST, "data.batch_size=64", "trainer.max_epochs=12"]
+ROBUST_B64 = [*ROBUST_NO_MINIBATCHES, "data.batch_size=64", "trainer.max_epochs=12"]
 
 METHODS: dict[str, list[str]] = {
     "dfad": ["method=dfad", *PAPER],
@@ -136,16 +139,18 @@ VARIANTS: dict[str, list[str]] = {
     "robust_reuse4_cosine": [*ROBUST_NO_WARMUP, "system.student_reuse=4", "schedule=cosine"],
     "robust_k1_reuse20": [*ROBUST_NO_WARMUP, "system.student_steps=1", "system.student_reuse=20"],
     "robust_k1_reuse40": [*ROBUST_NO_WARMUP, "system.student_steps=1", "system.student_reuse=40"],
-    "robust_warmup50": [*ROBUST, "system.generator_warmup=50"],
-    "robust_warmup100": [*ROBUST, "system.generator_warmup=100"],
-    "robust_replay_1.0": [*ROBUST, "system.replay_fraction=1.0"],
-    "robust_reuse_8": [*ROBUST, "system.student_reuse=8"],
+    "robust_no_minibatches": ROBUST_NO_MINIBATCHES,
+    "robust_warmup50": [*ROBUST_NO_MINIBATCHES, "system.generator_warmup=50"],
+    "robust_warmup100": [*ROBUST_NO_MINIBATCHES, "system.generator_warmup=100"],
+    "robust_replay_1.0": [*ROBUST_NO_MINIBATCHES, "system.replay_fraction=1.0"],
+    "robust_reuse_8": [*ROBUST_NO_MINIBATCHES, "system.student_reuse=8"],
     # The same samples in batches of 32: four times the iterations (and updates) of the panel's size.
-    "robust_b32": [*ROBUST, "data.batch_size=32", "trainer.max_epochs=24"],
+    "robust_b32": [*ROBUST_NO_MINIBATCHES, "data.batch_size=32", "trainer.max_epochs=24"],
     # ... with the generator's learning rate divided by 4: its four times as many steps move it as far.
-    "robust_b32_glr": [*ROBUST, "data.batch_size=32", "trainer.max_epochs=24", "system.generator_optimizer.lr=2.5e-4"],
+    "robust_b32_glr": [*ROBUST_NO_MINIBATCHES, "data.batch_size=32", "trainer.max_epochs=24",
+                       "system.generator_optimizer.lr=2.5e-4"],
     # The generator's faster pace of robust_b32 at the panel's batch: four times its learning rate.
-    "robust_glr4": [*ROBUST, "system.generator_optimizer.lr=4e-3"],
+    "robust_glr4": [*ROBUST_NO_MINIBATCHES, "system.generator_optimizer.lr=4e-3"],
     # Half-way to robust_b32: batches of 64 for 600 iterations; then with one more change each.
     "robust_b64": ROBUST_B64,
     "robust_b64_adam": [*ROBUST_B64, "system.student_optimizer._target_=torch.optim.Adam",
@@ -154,18 +159,18 @@ VARIANTS: dict[str, list[str]] = {
     # ... with as many student updates per sample as the recipe's batch of 128 (2, not 4).
     "robust_b64_reuse2": [*ROBUST_B64, "system.student_reuse=2"],
     # The generator's adversarial term only where student and teacher agree (DeepInversion's / CMI's mask).
-    "robust_agree": [*ROBUST, "system.adversarial_agreement=true"],
+    "robust_agree": [*ROBUST_NO_MINIBATCHES, "system.adversarial_agreement=true"],
     "robust_b64_agree": [*ROBUST_B64, "system.adversarial_agreement=true"],
     # Each generated sample translated by up to 1/16 or 1/8 of its sides before the networks see it.
-    "robust_shift_0.0625": [*ROBUST, "system.shift=0.0625"],
-    "robust_shift_0.125": [*ROBUST, "system.shift=0.125"],
+    "robust_shift_0.0625": [*ROBUST_NO_MINIBATCHES, "system.shift=0.0625"],
+    "robust_shift_0.125": [*ROBUST_NO_MINIBATCHES, "system.shift=0.125"],
     # The generator's Adam with GAN momentum (beta1 0.5, as DCGAN and Fast-DFKD); a 4x larger replay
     # memory; a longer moving average of the student.
-    "robust_gbeta05": [*ROBUST, "+system.generator_optimizer.betas=[0.5,0.999]"],
-    "robust_replay16k": [*ROBUST, "system.replay_size=16384"],
-    "robust_ema995": [*ROBUST, "system.ema_decay=0.995"],
-    # The recipe's student updates in 2 or 4 parts of each sample (more, smaller updates; the same
-    # samples, generator steps and compute); the second also with the samples shifted.
+    "robust_gbeta05": [*ROBUST_NO_MINIBATCHES, "+system.generator_optimizer.betas=[0.5,0.999]"],
+    "robust_replay16k": [*ROBUST_NO_MINIBATCHES, "system.replay_size=16384"],
+    "robust_ema995": [*ROBUST_NO_MINIBATCHES, "system.ema_decay=0.995"],
+    # The recipe's student updates in 2 or 4 parts of each sample on every teacher (more, smaller
+    # updates; the same samples, generator steps and compute); the last also with the samples shifted.
     "robust_minibatches2": [*ROBUST, "system.student_minibatches=2"],
     "robust_minibatches4": [*ROBUST, "system.student_minibatches=4"],
     "robust_minibatches4_shift": [*ROBUST, "system.student_minibatches=4", "system.shift=0.0625"],

@@ -18,6 +18,7 @@ BAD = [
     ("system.student_steps=abc", "system.student_steps", "'abc'"),
     ("system.student_reuse=0", "system.student_reuse", "got 0"),
     ("system.student_minibatches=0", "system.student_minibatches", "got 0"),
+    ("system.student_minibatches=some", "system.student_minibatches", "at least 1, or auto"),
     ("data.iterations_per_epoch=1.5", "data.iterations_per_epoch", "1.5"),
     ("generator.ngf=0", "generator.ngf", "got 0"),
     ("generator.nz=-3", "generator.nz", "got -3"),
@@ -80,6 +81,9 @@ def test_rules_say_what_is_allowed():
     assert Rule("x", int).fits(3) and not Rule("x", int).fits(True) and not Rule("x", int).fits(3.0)
     assert Rule("x", float).fits(3) and not Rule("x", float).fits("3")
     assert Rule("x", "size").fits(32) and Rule("x", "size").fits([32, 64]) and not Rule("x", "size").fits([1, 2, 3])
+    auto = Rule("x", int, low=1, also=("auto",))
+    assert auto.fits("auto") and auto.fits(2) and not auto.fits(0) and not auto.fits("other")
+    assert auto.allowed() == "an integer, at least 1, or auto"
 
 
 def test_the_defaults_and_every_experiment_pass_the_schema(make_cfg):

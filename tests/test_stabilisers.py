@@ -251,6 +251,22 @@ def test_one_student_minibatch_is_the_papers_loop_and_more_change_the_student(tm
     assert not same(snapshot(paper.student), snapshot(two.student))
 
 
+def test_automatic_minibatches_are_finer_only_where_the_batchnorm_prior_acts():
+    from dfad_lightning.networks import GeneratorA, cifar_resnet, lenet5_half
+    from dfad_lightning.systems.dfad import AUTO_MINIBATCHES
+
+    def with_batchnorm(bn_prior):
+        return DFAD(
+            cifar_resnet(8, 1, 10).eval(), lenet5_half(1, 10), GeneratorA(16, 1, 32, 8),
+            make_system().student_metric, "acc", bn_prior=bn_prior, student_minibatches="auto",
+        )  # fmt: skip
+
+    assert AUTO_MINIBATCHES > 1 and with_batchnorm(1.0).student_minibatches == AUTO_MINIBATCHES
+    assert with_batchnorm(0.0).student_minibatches == 1  # a BatchNorm teacher, but no prior to anchor the samples
+    assert make_system(bn_prior=1.0, student_minibatches="auto").student_minibatches == 1  # LeNet-5: no BatchNorm
+    assert make_system(student_minibatches="auto").steps_per_iteration == K + 1
+
+
 def test_minibatches_too_small_for_batchnorm_are_refused_naming_the_key(make_cfg, capsys):
     with pytest.raises(SystemExit) as exit_:
         main(make_cfg("system.student_minibatches=9"))  # batches of 16: parts of 1 or 2
@@ -599,6 +615,7 @@ def test_each_stabiliser_runs_through_the_config(make_cfg, option):
         ({"replay_fraction": 0.0}, "system.replay_fraction"),
         ({"student_reuse": 0}, "system.student_reuse"),
         ({"student_minibatches": 0}, "system.student_minibatches"),
+        ({"student_minibatches": "some"}, "system.student_minibatches"),
         ({"nonfinite": "ignore"}, "system.nonfinite"),
         ({"replay_dtype": "int8"}, "system.replay_dtype"),
         ({"shift": 0.5}, "system.shift"),

@@ -24,6 +24,8 @@ from dfad_lightning.systems.augment import random_shift
 from dfad_lightning.systems.memory import ReplayMemory
 
 REPLAY_DTYPES = ("float32", "bfloat16", "float16")
+# student_minibatches="auto": this many where the BatchNorm prior acts, 1 elsewhere (README, the robustness panel).
+AUTO_MINIBATCHES = 4
 REPLAY_WARN_BYTES = 2**30  # a replay memory above this size warns (see DFAD._new_memory)
 
 OptimizerFactory = Callable[[Iterable[nn.Parameter]], Optimizer]
@@ -86,7 +88,11 @@ class DFAD(LightningModule):
         student_minibatches: Student updates per pass over each student step's sample, each on its
             share of it (``B / student_minibatches`` fresh samples, plus its replayed ones): more,
             smaller updates from the same samples and compute (``1``: the paper, one update on the
-            whole batch). Each minibatch needs at least 2 samples (BatchNorm).
+            whole batch). Each minibatch needs at least 2 samples (BatchNorm). ``"auto"``:
+            ``AUTO_MINIBATCHES`` where the BatchNorm prior acts (``bn_prior`` on a teacher with
+            BatchNorm layers, which keeps the samples near the teacher's data), else 1: on the
+            robustness panel the finer updates helped both BatchNorm teachers and broke the weak
+            teachers without BatchNorm, whose samples nothing anchors.
         student_optimizer: Builds the student's optimizer from its parameters.
         generator_optimizer: Builds the generator's optimizer from its parameters.
         student_scheduler: Builds the student's LR schedule, stepped once per epoch, or ``None``.
@@ -159,7 +165,7 @@ class DFAD(LightningModule):
         adversarial: Adversarial = losses.negative,
         student_steps: int = 5,
         student_reuse: int = 1,
-        student_minibatches: int = 1,
+        student_minibatches: int | Literal["auto"] = 1,
         student_optimizer: OptimizerFactory = SGD_DEFAULT,
         generator_optimizer: OptimizerFactory = ADAM_DEFAULT,
         student_scheduler: SchedulerFactory | None = None,
@@ -185,7 +191,12 @@ class DFAD(LightningModule):
         checks: list[tuple[str, object, bool, str]] = [
             ("student_steps", student_steps, student_steps >= 1, "at least 1"),
             ("student_reuse", student_reuse, student_reuse >= 1, "at least 1"),
-            ("student_minibatches", student_minibatches, student_minibatches >= 1, "at least 1"),
+            (
+                "student_minibatches",
+                student_minibatches,
+                student_minibatches == "auto" or (isinstance(student_minibatches, int) and student_minibatches >= 1),
+                "an integer of at least 1, or 'auto'",
+            ),
             ("nonfinite", nonfinite, nonfinite in ("stop", "skip"), "'stop' or 'skip'"),
             ("ema_decay", ema_decay, ema_decay is None or 0.0 <= ema_decay < 1.0, "null or in [0, 1)"),
             ("replay_size", replay_size, replay_size >= 0, "at least 0 (0: no replay)"),
@@ -208,7 +219,6 @@ class DFAD(LightningModule):
         self.adversarial_agreement = adversarial_agreement
         self.shift = shift
         self.student_steps, self.student_reuse = student_steps, student_reuse
-        self.student_minibatches = student_minibatches
         self.student_optimizer = student_optimizer
         self.generator_optimizer = generator_optimizer
         self.student_scheduler = student_scheduler
@@ -226,6 +236,9 @@ class DFAD(LightningModule):
         self.replay_dtype: torch.dtype = getattr(torch, replay_dtype)
         self.prior_weights = {"balance": balance, "one_hot": one_hot, "bn_prior": bn_prior}
         self.bn_prior = losses.BatchNormPrior(self.teacher) if bn_prior else None
+        if student_minibatches == "auto":
+            student_minibatches = AUTO_MINIBATCHES if self.bn_prior is not None and len(self.bn_prior) else 1
+        self.student_minibatches: int = student_minibatches
         if generator_warmup < 0 or (isinstance(generator_warmup, float) and generator_warmup >= 1):
             raise ConfigError(
                 "system.generator_warmup",

@@ -37,6 +37,7 @@ class Rule:
         low: Smallest allowed value (inclusive), or ``None``.
         high: Largest allowed value (exclusive), or ``None``.
         choices: Allowed values, or ``None``.
+        also: Values allowed besides those of ``kind`` (``("auto",)``).
         nullable: Whether ``null`` is allowed.
         why: What the bound protects, added to the message.
     """
@@ -46,6 +47,7 @@ class Rule:
     low: float | None = None
     high: float | None = None
     choices: Sequence[Any] | None = None
+    also: Sequence[str] = ()
     nullable: bool = False
     why: str = ""
 
@@ -61,7 +63,7 @@ class Rule:
             bounds.append(f"at least {self.low:g}")
         if self.high is not None:
             bounds.append(f"below {self.high:g}")
-        text = noun + (", " + " and ".join(bounds) if bounds else "")
+        text = noun + (", " + " and ".join(bounds) if bounds else "") + "".join(f", or {a}" for a in self.also)
         notes = [n for n in ("or null" if self.nullable and not self.why else "", self.why) if n]
         return text + "".join(f" ({n})" for n in notes)
 
@@ -69,6 +71,8 @@ class Rule:
         """Whether ``value`` is allowed."""
         if value is None:
             return self.nullable
+        if isinstance(value, str) and value in self.also:
+            return True
         if self.choices is not None:
             return value in self.choices
         if self.kind == "size":
@@ -117,7 +121,7 @@ SCHEMA: list[Rule] = [
     # system
     Rule("system.student_steps", int, low=1),
     Rule("system.student_reuse", int, low=1),
-    Rule("system.student_minibatches", int, low=1),
+    Rule("system.student_minibatches", int, low=1, also=("auto",)),
     Rule("system.student_optimizer.lr", float, low=0),
     Rule("system.generator_optimizer.lr", float, low=0),
     Rule("system.student_optimizer.momentum", float, low=0, high=1),

@@ -5,6 +5,7 @@ from __future__ import annotations
 import re
 import warnings
 
+import lightning as L
 import pytest
 import torch
 import torch.nn.functional as F
@@ -161,18 +162,24 @@ class CountsImitation(SeesInputs):
             self.labels += 1
 
 
-def test_student_reuse_updates_the_student_r_times_on_each_sample_made_and_labelled_once(tmp_path):
-    system = make_system(cls=CountsImitation, student_reuse=3, replay_size=32)
-    student_updates = []
+def fit_counting_student_updates(system: DFAD, tmp_path) -> tuple[L.Trainer, int]:
+    """One epoch (4 iterations) of ``system``, and how many steps the student's optimizer (SGD) took."""
+    updates = []
     hook = register_optimizer_step_post_hook(
-        lambda opt, args, kwargs: student_updates.append(1) if isinstance(opt, torch.optim.SGD) else None
+        lambda opt, args, kwargs: updates.append(1) if isinstance(opt, torch.optim.SGD) else None
     )
     try:
-        fit(system, tmp_path, epochs=1)  # 4 iterations
+        trainer = fit(system, tmp_path, epochs=1)
     finally:
         hook.remove()
+    return trainer, len(updates)
+
+
+def test_student_reuse_updates_the_student_r_times_on_each_sample_made_and_labelled_once(tmp_path):
+    system = make_system(cls=CountsImitation, student_reuse=3, replay_size=32)
+    _, student_updates = fit_counting_student_updates(system, tmp_path)
     assert system.labels == 4 * K  # one fresh sample per student step, labelled once (replay brings its own)
-    assert len(system.sizes) == len(student_updates) == 4 * K * 3  # and three updates on each
+    assert len(system.sizes) == student_updates == 4 * K * 3  # and three updates on each
     assert system.sizes[:3] == [8, 8, 8] and set(system.sizes[3:]) == {12}  # replay from the second step on
     assert system.memory is not None and system.memory.seen == 4 * K * 8  # the memory sees each sample once
     assert system.memory.drawn == (4 * K - 1) * 3  # a new replay draw for each update
@@ -202,28 +209,22 @@ def test_replayed_samples_are_drawn_anew_for_each_update_with_the_teachers_outpu
             assert torch.allclose(out, system.teacher(x), atol=1e-5)
 
 
-def test_student_reuse_of_one_is_the_papers_loop(tmp_path):
-    paper, reuse_1 = make_system(), make_system(student_reuse=1)
+@pytest.mark.parametrize("option", ["student_reuse", "student_minibatches"])
+def test_one_update_or_part_per_sample_is_the_papers_loop_and_two_change_the_student(tmp_path, option):
+    paper, one = make_system(), make_system(**{option: 1})
     fit(paper, tmp_path / "a", epochs=1)
-    fit(reuse_1, tmp_path / "b", epochs=1)
-    assert same(snapshot(paper.student), snapshot(reuse_1.student))
-    reuse_2 = make_system(student_reuse=2)
-    fit(reuse_2, tmp_path / "c", epochs=1)
-    assert not same(snapshot(paper.student), snapshot(reuse_2.student))
+    fit(one, tmp_path / "b", epochs=1)
+    assert same(snapshot(paper.student), snapshot(one.student))
+    two = make_system(**{option: 2})
+    fit(two, tmp_path / "c", epochs=1)
+    assert not same(snapshot(paper.student), snapshot(two.student))
 
 
 def test_student_minibatches_split_each_sample_into_parts_one_update_each(tmp_path):
     system = make_system(cls=CountsImitation, student_reuse=2, student_minibatches=2, replay_size=32)
-    student_updates = []
-    hook = register_optimizer_step_post_hook(
-        lambda opt, args, kwargs: student_updates.append(1) if isinstance(opt, torch.optim.SGD) else None
-    )
-    try:
-        trainer = fit(system, tmp_path, epochs=1)  # 4 iterations
-    finally:
-        hook.remove()
+    trainer, student_updates = fit_counting_student_updates(system, tmp_path)
     assert system.labels == 4 * K  # each sample still made and labelled once
-    assert len(system.sizes) == len(student_updates) == 4 * K * 2 * 2  # two passes of two parts on each
+    assert len(system.sizes) == student_updates == 4 * K * 2 * 2  # two passes of two parts on each
     assert system.sizes[:4] == [4] * 4 and set(system.sizes[4:]) == {6}  # halves, with half as many replayed
     assert system.memory is not None and system.memory.seen == 4 * K * 8  # the whole sample is remembered once
     assert trainer.global_step == 4 * system.steps_per_iteration and system.steps_per_iteration == K * 4 + 1
@@ -239,16 +240,6 @@ def test_student_minibatches_take_the_whole_sample_between_them():
     assert [len(p) for p, _ in sixteen] == [3, 3, 3, 3, 2, 2]  # sizes within one of each other, none of 1
     assert torch.equal(torch.cat([p for p, _ in parts]), x) and torch.equal(torch.cat([o for _, o in parts]), out)
     assert make_system()._minibatches(x, out) == [(x, out)]  # one: the whole batch, as the paper
-
-
-def test_one_student_minibatch_is_the_papers_loop_and_more_change_the_student(tmp_path):
-    paper, one = make_system(), make_system(student_minibatches=1)
-    fit(paper, tmp_path / "a", epochs=1)
-    fit(one, tmp_path / "b", epochs=1)
-    assert same(snapshot(paper.student), snapshot(one.student))
-    two = make_system(student_minibatches=2)
-    fit(two, tmp_path / "c", epochs=1)
-    assert not same(snapshot(paper.student), snapshot(two.student))
 
 
 def test_automatic_minibatches_are_finer_only_where_the_batchnorm_prior_acts():

@@ -87,8 +87,8 @@ class DFAD(LightningModule):
             student's forward and backward pass.
         student_minibatches: Student updates per pass over each student step's sample, each on its
             share of it (``B / student_minibatches`` fresh samples, plus its replayed ones): more,
-            smaller updates from the same samples and compute (``1``: the paper, one update on the
-            whole batch). Each minibatch needs at least 2 samples (BatchNorm). ``"auto"``:
+            smaller updates from the same samples and arithmetic (``1``: the paper, one update on
+            the whole batch). Each minibatch needs at least 2 samples (BatchNorm). ``"auto"``:
             ``AUTO_MINIBATCHES`` where the BatchNorm prior acts (``bn_prior`` on a teacher with
             BatchNorm layers, which keeps the samples near the teacher's data), else 1: on the
             robustness panel the finer updates helped both BatchNorm teachers and broke the weak
@@ -426,7 +426,7 @@ class DFAD(LightningModule):
         # student_reuse r > 1 the student takes r updates on each sample: making and labelling
         # a sample costs several times a student update, and the student is what learns slowest.
         # With student_minibatches m > 1 each pass takes the sample in m parts, one update each:
-        # more updates from the same compute. With replay on, each update adds past samples, drawn
+        # more updates from the same arithmetic. With replay on, each update adds past samples, drawn
         # anew, with the teacher's stored outputs.
         student_losses = []
         for z_i in z[:-1]:

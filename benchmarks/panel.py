@@ -170,7 +170,7 @@ VARIANTS: dict[str, list[str]] = {
     "robust_replay16k": [*ROBUST_NO_MINIBATCHES, "system.replay_size=16384"],
     "robust_ema995": [*ROBUST_NO_MINIBATCHES, "system.ema_decay=0.995"],
     # The recipe's student updates in 2 or 4 parts of each sample on every teacher (more, smaller
-    # updates; the same samples, generator steps and compute); the last also with the samples shifted.
+    # updates; the same samples, generator steps and arithmetic); the last also with the samples shifted.
     "robust_minibatches2": [*ROBUST, "system.student_minibatches=2"],
     "robust_minibatches4": [*ROBUST, "system.student_minibatches=4"],
     "robust_minibatches4_shift": [*ROBUST, "system.student_minibatches=4", "system.shift=0.0625"],

@@ -487,15 +487,15 @@ class DFAD(LightningModule):
         Raises:
             ConfigError: A part would hold fewer than 2 samples (the student's BatchNorm needs 2).
         """
-        if self.student_minibatches == 1:
+        parts = self.student_minibatches
+        if parts == 1:
             return [(x, teacher_out)]
-        if len(x) < 2 * self.student_minibatches:
+        if len(x) < 2 * parts:
             raise ConfigError(
                 "system.student_minibatches",
-                f"{self.student_minibatches} minibatches of a batch of {len(x)} leave fewer than 2 samples in each "
+                f"{parts} minibatches of a batch of {len(x)} leave fewer than 2 samples in each "
                 "(BatchNorm needs 2): lower it, or raise data.batch_size",
             )
-        parts = self.student_minibatches
         return list(zip(x.tensor_split(parts), teacher_out.tensor_split(parts), strict=True))
 
     def _replayed(self, x: Tensor, teacher_out: Tensor) -> tuple[Tensor, Tensor]:

@@ -214,3 +214,21 @@ def test_channels_last_stores_the_networks_channels_last_and_still_trains(tmp_pa
     conv = system.generator.block1[0].weight
     assert conv.is_contiguous(memory_format=torch.channels_last) and not conv.is_contiguous()
     assert not same(snapshot(system.generator), before)
+
+
+def test_hydra_partials_become_plain_partials_of_the_same_function():
+    # Hydra's partials re-check its target policy on every call; the system keeps a plain one.
+    from hydra.utils import instantiate
+
+    from dfad_lightning import losses
+
+    kl = instantiate({"_target_": "dfad_lightning.losses.kl", "_partial_": True, "temperature": 4.0})
+    negative = instantiate({"_target_": "dfad_lightning.losses.negative", "_partial_": True})
+    assert type(kl) is not partial  # what this guards against: Hydra's own subclass
+    system = make_system(discrepancy=kl, adversarial=negative)
+    assert type(system._discrepancy) is partial and type(system._adversarial) is partial
+    assert system._discrepancy.func is losses.kl and system._discrepancy.keywords == {"temperature": 4.0}
+    student_out, teacher_out = torch.randn(4, 10), torch.randn(4, 10)
+    assert torch.equal(system.discrepancy(student_out, teacher_out), kl(student_out, teacher_out))
+    plain = make_system(discrepancy=losses.mae)
+    assert plain._discrepancy is losses.mae

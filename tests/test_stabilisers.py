@@ -258,6 +258,30 @@ def test_automatic_minibatches_are_finer_only_where_the_batchnorm_prior_acts():
     assert make_system(student_minibatches="auto").steps_per_iteration == K + 1
 
 
+def test_automatic_minibatches_take_no_part_smaller_than_the_measured_ones(tmp_path):
+    # The tests' batches of 8 would make four parts of 2: "auto" takes them whole, where 4 must fail.
+    from dfad_lightning.networks import GeneratorA, cifar_resnet, lenet5_half
+    from dfad_lightning.systems.dfad import AUTO_MIN_PART, AUTO_MINIBATCHES, auto_minibatches
+
+    assert auto_minibatches(AUTO_MINIBATCHES * AUTO_MIN_PART) == AUTO_MINIBATCHES == auto_minibatches(1024)
+    assert auto_minibatches(2 * AUTO_MIN_PART) == 2 and auto_minibatches(2 * AUTO_MIN_PART - 1) == 1
+
+    def system(student_minibatches):
+        L.seed_everything(0, verbose=False)
+        return DFAD(
+            cifar_resnet(8, 1, 10).eval(), lenet5_half(1, 10), GeneratorA(16, 1, 32, 8),
+            make_system().student_metric, "acc", student_steps=K, bn_prior=1.0,
+            student_minibatches=student_minibatches,
+        )  # fmt: skip
+
+    auto = system("auto")
+    trainer, student_updates = fit_counting_student_updates(auto, tmp_path)
+    assert auto.student_minibatches == 1 and student_updates == 4 * K  # one update per student step
+    assert auto.iterations(trainer.global_step) == 4
+    with pytest.raises(ConfigError, match=r"system\.student_minibatches: 5 minibatches of a batch of 8"):
+        fit(system(5), tmp_path, epochs=1)
+
+
 def test_minibatches_too_small_for_batchnorm_are_refused_naming_the_key(make_cfg, capsys):
     with pytest.raises(SystemExit) as exit_:
         main(make_cfg("system.student_minibatches=9"))  # batches of 16: parts of 1 or 2

@@ -24,8 +24,10 @@ from dfad_lightning.systems.augment import random_shift
 from dfad_lightning.systems.memory import ReplayMemory
 
 REPLAY_DTYPES = ("float32", "bfloat16", "float16")
-# student_minibatches="auto": this many where the BatchNorm prior acts, 1 elsewhere (README, the robustness panel).
+# student_minibatches="auto": up to this many where the BatchNorm prior acts, 1 elsewhere (README, the robustness
+# panel), and none smaller than AUTO_MIN_PART samples (the panel measured parts of 32 and 64, none smaller).
 AUTO_MINIBATCHES = 4
+AUTO_MIN_PART = 32
 REPLAY_WARN_BYTES = 2**30  # a replay memory above this size warns (see DFAD._new_memory)
 
 OptimizerFactory = Callable[[Iterable[nn.Parameter]], Optimizer]
@@ -36,6 +38,15 @@ Adversarial = Callable[[Tensor], Tensor]
 # The paper's optimizers (Sec. A): SGD with momentum for the student, Adam for the generator.
 SGD_DEFAULT: OptimizerFactory = partial(SGD, lr=0.1, momentum=0.9, weight_decay=5e-4)
 ADAM_DEFAULT: OptimizerFactory = partial(Adam, lr=1e-3)
+
+
+def auto_minibatches(batch_size: int) -> int:
+    """The parts ``student_minibatches="auto"`` takes a batch in where the BatchNorm prior acts.
+
+    >>> [auto_minibatches(b) for b in (8, 63, 64, 128, 256)]
+    [1, 1, 2, 4, 4]
+    """
+    return min(AUTO_MINIBATCHES, max(1, batch_size // AUTO_MIN_PART))
 
 
 def _plain(fn: Callable[..., Tensor]) -> Callable[..., Tensor]:
@@ -101,10 +112,12 @@ class DFAD(LightningModule):
             share of it (``B / student_minibatches`` fresh samples, plus its replayed ones): more,
             smaller updates from the same samples and arithmetic (``1``: the paper, one update on
             the whole batch). Each minibatch needs at least 2 samples (BatchNorm). ``"auto"``:
-            ``AUTO_MINIBATCHES`` where the BatchNorm prior acts (``bn_prior`` on a teacher with
-            BatchNorm layers, which keeps the samples near the teacher's data), else 1: on the
-            robustness panel the finer updates helped both BatchNorm teachers and broke the weak
-            teachers without BatchNorm, whose samples nothing anchors.
+            where the BatchNorm prior acts (``bn_prior`` on a teacher with BatchNorm layers, which
+            keeps the samples near the teacher's data), ``AUTO_MINIBATCHES`` parts of at least
+            ``AUTO_MIN_PART`` samples (:func:`auto_minibatches` of the batch size: fewer parts, down
+            to 1, in smaller batches), else 1: on the robustness panel the finer updates helped both
+            BatchNorm teachers and broke the weak teachers without BatchNorm, whose samples nothing
+            anchors.
         student_optimizer: Builds the student's optimizer from its parameters.
         generator_optimizer: Builds the generator's optimizer from its parameters.
         student_scheduler: Builds the student's LR schedule, stepped once per epoch, or ``None``.
@@ -248,8 +261,10 @@ class DFAD(LightningModule):
         self.replay_dtype: torch.dtype = getattr(torch, replay_dtype)
         self.prior_weights = {"balance": balance, "one_hot": one_hot, "bn_prior": bn_prior}
         self.bn_prior = losses.BatchNormPrior(self.teacher) if bn_prior else None
+        # "auto" where the prior acts: resolved against the batch size at each step (AUTO_MINIBATCHES until then).
+        self._auto_minibatches = student_minibatches == "auto" and self.bn_prior is not None and len(self.bn_prior) > 0
         if student_minibatches == "auto":
-            student_minibatches = AUTO_MINIBATCHES if self.bn_prior is not None and len(self.bn_prior) else 1
+            student_minibatches = AUTO_MINIBATCHES if self._auto_minibatches else 1
         self.student_minibatches: int = student_minibatches
         if generator_warmup < 0 or (isinstance(generator_warmup, float) and generator_warmup >= 1):
             raise ConfigError(
@@ -429,6 +444,8 @@ class DFAD(LightningModule):
         if z.shape[0] != self.student_steps + 1:
             raise ValueError(f"expected {self.student_steps + 1} noise batches per iteration, got {z.shape[0]}")
         opt_s, opt_g = cast(list[LightningOptimizer], self.optimizers())
+        if self._auto_minibatches:
+            self.student_minibatches = auto_minibatches(z.shape[1])
         if self._warming_up(batch_idx):
             self._warmup_step(z[-1], opt_g)
             return

@@ -37,6 +37,7 @@ RUN = [
     f"system.generator_warmup={WARMUP}",
     "system.shift=0.125",
     "system.student_minibatches=2",
+    "system.input_affine=true",
 ]
 STEPS_PER_ITERATION = 5 * 2 + 1
 

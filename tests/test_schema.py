@@ -19,6 +19,7 @@ BAD = [
     ("system.student_reuse=0", "system.student_reuse", "got 0"),
     ("system.student_minibatches=0", "system.student_minibatches", "got 0"),
     ("system.student_minibatches=some", "system.student_minibatches", "at least 1, or auto"),
+    ("system.input_affine=some", "system.input_affine", "true or false, or auto"),
     ("data.iterations_per_epoch=1.5", "data.iterations_per_epoch", "1.5"),
     ("generator.ngf=0", "generator.ngf", "got 0"),
     ("generator.nz=-3", "generator.nz", "got -3"),

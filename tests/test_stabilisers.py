@@ -282,6 +282,43 @@ def test_automatic_minibatches_take_no_part_smaller_than_the_measured_ones(tmp_p
         fit(system(5), tmp_path, epochs=1)
 
 
+def test_input_affine_scales_and_shifts_every_generated_input_and_learns_faster(tmp_path):
+    from dfad_lightning.systems.dfad import INPUT_AFFINE_LR_FACTOR
+
+    plain = make_system()
+    assert plain.input_affine is None and len(plain.configure_optimizers()[0][1].param_groups) == 1
+    system = make_system(input_affine=True)
+    assert system.input_affine is not None
+    z = torch.randn(4, 16)
+    with torch.no_grad():
+        system.input_affine.scale.fill_(0.5)
+        system.input_affine.shift.fill_(0.25)
+        assert torch.allclose(system.synthesize(z), 0.5 * system.generator(z) + 0.25)
+        system.input_affine.scale.fill_(1.0)
+        system.input_affine.shift.fill_(0.0)
+    (_, opt_g), _ = system.configure_optimizers()
+    assert [len(g["params"]) for g in opt_g.param_groups][1:] == [2]
+    assert opt_g.param_groups[1]["lr"] == INPUT_AFFINE_LR_FACTOR * opt_g.param_groups[0]["lr"]
+    before = snapshot(system.generator)
+    fit(system, tmp_path, epochs=1)
+    assert system.input_affine.scale.item() != 1.0 and system.input_affine.shift.item() != 0.0  # trained with G
+    assert not same(before, snapshot(system.generator))
+
+
+def test_automatic_input_affine_only_where_the_batchnorm_prior_acts():
+    from dfad_lightning.networks import GeneratorA, ScaleShift, cifar_resnet, lenet5_half
+
+    def with_batchnorm(bn_prior):
+        return DFAD(
+            cifar_resnet(8, 1, 10).eval(), lenet5_half(1, 10), GeneratorA(16, 1, 32, 8),
+            make_system().student_metric, "acc", bn_prior=bn_prior, input_affine="auto",
+        )  # fmt: skip
+
+    assert isinstance(with_batchnorm(1.0).input_affine, ScaleShift)
+    assert with_batchnorm(0.0).input_affine is None  # nothing would tell the contrast the teacher's data had
+    assert make_system(bn_prior=1.0, input_affine="auto").input_affine is None  # LeNet-5: no BatchNorm
+
+
 def test_minibatches_too_small_for_batchnorm_are_refused_naming_the_key(make_cfg, capsys):
     with pytest.raises(SystemExit) as exit_:
         main(make_cfg("system.student_minibatches=9"))  # batches of 16: parts of 1 or 2

@@ -1,6 +1,6 @@
 """Plain ``nn.Module`` networks: teachers, students and generators (no training logic here)."""
 
-from dfad_lightning.networks.generators import GeneratorA, GeneratorB
+from dfad_lightning.networks.generators import GeneratorA, GeneratorB, ScaleShift
 from dfad_lightning.networks.lenet import LeNet5, lenet5_half
 from dfad_lightning.networks.named import timm_net, torchvision_net
 from dfad_lightning.networks.resnet import (
@@ -19,6 +19,7 @@ __all__ = [
     "GeneratorB",
     "LeNet5",
     "ResNet8x",
+    "ScaleShift",
     "cifar_resnet",
     "deeplabv3",
     "lenet5_half",

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import math
 import warnings
-from collections.abc import Callable, Iterable
+from collections.abc import Callable
 from functools import partial
 from typing import Any, Literal, cast
 
@@ -15,11 +15,13 @@ from lightning.pytorch.core.optimizer import LightningOptimizer
 from torch import Tensor, nn
 from torch.optim import SGD, Adam, Optimizer
 from torch.optim.lr_scheduler import LRScheduler
+from torch.optim.optimizer import ParamsT
 from torch.optim.swa_utils import AveragedModel
 from torchmetrics import Metric
 
 from dfad_lightning import losses
 from dfad_lightning.errors import ConfigError, NonFiniteLossError
+from dfad_lightning.networks.generators import ScaleShift
 from dfad_lightning.systems.augment import random_shift
 from dfad_lightning.systems.memory import ReplayMemory
 
@@ -28,9 +30,13 @@ REPLAY_DTYPES = ("float32", "bfloat16", "float16")
 # panel), and none smaller than AUTO_MIN_PART samples (the panel measured parts of 32 and 64, none smaller).
 AUTO_MINIBATCHES = 4
 AUTO_MIN_PART = 32
+# input_affine: its scale and shift learn at this multiple of the generator's LR. Adam moves a parameter
+# by about its LR per step, and these must be able to cross their range (a standard deviation of 1 to
+# one of 0.5, say) within a warm-up of 100 generator steps.
+INPUT_AFFINE_LR_FACTOR = 10.0
 REPLAY_WARN_BYTES = 2**30  # a replay memory above this size warns (see DFAD._new_memory)
 
-OptimizerFactory = Callable[[Iterable[nn.Parameter]], Optimizer]
+OptimizerFactory = Callable[[ParamsT], Optimizer]  # parameters, or parameter groups
 SchedulerFactory = Callable[[Optimizer], LRScheduler]
 Discrepancy = Callable[[Tensor, Tensor], Tensor]
 Adversarial = Callable[[Tensor], Tensor]
@@ -171,6 +177,15 @@ class DFAD(LightningModule):
             up to this fraction of its height and width (:meth:`augment`), before teacher, student
             and priors see it, in every stage: more varied samples from each generator pass, for
             no teacher pass more (the teacher labels the translated sample). ``0``: none (the paper).
+        input_affine: Every generated input is scaled and shifted by a learnable scale and shift
+            (one each, :class:`~dfad_lightning.networks.ScaleShift`, trained with the generator at
+            ``INPUT_AFFINE_LR_FACTOR`` times its LR). Generator-A's last BatchNorm gives its output
+            a standard deviation of 1, which is the teacher's input only where the dataset's mean and
+            std standardise its data; where they do not (``mean=std=0.5`` on most images), the
+            BatchNorm prior can then set the contrast the teacher's data had, instead of the
+            generator making some images black and others white to spread the variance. ``"auto"``:
+            where the BatchNorm prior acts, which alone tells what the contrast should be. ``False``:
+            none (the paper).
     """
 
     teacher_score: Tensor
@@ -210,6 +225,7 @@ class DFAD(LightningModule):
         generator_warmup: float = 0,
         adversarial_agreement: bool = False,
         shift: float = 0.0,
+        input_affine: bool | Literal["auto"] = False,
     ) -> None:
         super().__init__()
         # Each check names the config key to change (the schema catches most before; Python users get them here).
@@ -266,6 +282,9 @@ class DFAD(LightningModule):
         if student_minibatches == "auto":
             student_minibatches = AUTO_MINIBATCHES if self._auto_minibatches else 1
         self.student_minibatches: int = student_minibatches
+        if input_affine == "auto":
+            input_affine = self.bn_prior is not None and len(self.bn_prior) > 0
+        self.input_affine = ScaleShift() if input_affine else None
         if generator_warmup < 0 or (isinstance(generator_warmup, float) and generator_warmup >= 1):
             raise ConfigError(
                 "system.generator_warmup",
@@ -300,7 +319,7 @@ class DFAD(LightningModule):
         with gradients in the generation stage.
         """
         out: Tensor = self.generator(z)
-        return out
+        return out if self.input_affine is None else self.input_affine(out)
 
     def augment(self, x: Tensor) -> Tensor:
         """Vary a training batch of inputs before teacher and student see it (the default: :attr:`shift`).
@@ -639,7 +658,12 @@ class DFAD(LightningModule):
     def configure_optimizers(self) -> Any:
         """The student's optimizer first, the generator's second, and their schedules."""
         opt_s = self.student_optimizer(self.student.parameters())
-        opt_g = self.generator_optimizer(self.generator.parameters())
+        groups = [{"params": list(self.generator.parameters())}]
+        if self.input_affine is not None:
+            groups.append({"params": list(self.input_affine.parameters())})
+        opt_g = self.generator_optimizer(groups)
+        if self.input_affine is not None:  # its own LR: see INPUT_AFFINE_LR_FACTOR
+            opt_g.param_groups[1]["lr"] = INPUT_AFFINE_LR_FACTOR * opt_g.param_groups[0]["lr"]
         pairs = ((self.student_scheduler, opt_s), (self.generator_scheduler, opt_g))
         schedulers = [factory(opt) for factory, opt in pairs if factory is not None]
         return [opt_s, opt_g], schedulers

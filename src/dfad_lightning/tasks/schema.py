@@ -122,6 +122,7 @@ SCHEMA: list[Rule] = [
     Rule("system.student_steps", int, low=1),
     Rule("system.student_reuse", int, low=1),
     Rule("system.student_minibatches", int, low=1, also=("auto",)),
+    Rule("system.input_affine", bool, also=("auto",)),
     Rule("system.student_optimizer.lr", float, low=0),
     Rule("system.generator_optimizer.lr", float, low=0),
     Rule("system.student_optimizer.momentum", float, low=0, high=1),

@@ -317,6 +317,8 @@ def test_automatic_input_affine_only_where_the_batchnorm_prior_acts():
     assert isinstance(with_batchnorm(1.0).input_affine, ScaleShift)
     assert with_batchnorm(0.0).input_affine is None  # nothing would tell the contrast the teacher's data had
     assert make_system(bn_prior=1.0, input_affine="auto").input_affine is None  # LeNet-5: no BatchNorm
+    with pytest.raises(ConfigError, match=r"^system\.input_affine: must be true, false or auto, got 'yes'$"):
+        make_system(input_affine="yes")
 
 
 def test_minibatches_too_small_for_batchnorm_are_refused_naming_the_key(make_cfg, capsys):

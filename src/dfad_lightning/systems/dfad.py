@@ -244,6 +244,7 @@ class DFAD(LightningModule):
             ("replay_fraction", replay_fraction, replay_fraction > 0, "above 0"),
             ("replay_dtype", replay_dtype, replay_dtype in REPLAY_DTYPES, f"one of {', '.join(REPLAY_DTYPES)}"),
             ("shift", shift, 0.0 <= shift < 0.5, "in [0, 0.5) (a fraction of the image side; 0: none)"),
+            ("input_affine", input_affine, input_affine in (True, False, "auto"), "true, false or auto"),
         ]
         for name, value, ok, expected in checks:
             if not ok:
@@ -277,14 +278,14 @@ class DFAD(LightningModule):
         self.replay_dtype: torch.dtype = getattr(torch, replay_dtype)
         self.prior_weights = {"balance": balance, "one_hot": one_hot, "bn_prior": bn_prior}
         self.bn_prior = losses.BatchNormPrior(self.teacher) if bn_prior else None
+        # What "auto" options follow: whether the BatchNorm prior acts (a prior, on BatchNorm layers).
+        prior_acts = self.bn_prior is not None and len(self.bn_prior) > 0
         # "auto" where the prior acts: resolved against the batch size at each step (AUTO_MINIBATCHES until then).
-        self._auto_minibatches = student_minibatches == "auto" and self.bn_prior is not None and len(self.bn_prior) > 0
+        self._auto_minibatches = student_minibatches == "auto" and prior_acts
         if student_minibatches == "auto":
-            student_minibatches = AUTO_MINIBATCHES if self._auto_minibatches else 1
+            student_minibatches = AUTO_MINIBATCHES if prior_acts else 1
         self.student_minibatches: int = student_minibatches
-        if input_affine == "auto":
-            input_affine = self.bn_prior is not None and len(self.bn_prior) > 0
-        self.input_affine = ScaleShift() if input_affine else None
+        self.input_affine = ScaleShift() if input_affine is True or (input_affine == "auto" and prior_acts) else None
         if generator_warmup < 0 or (isinstance(generator_warmup, float) and generator_warmup >= 1):
             raise ConfigError(
                 "system.generator_warmup",

@@ -19,7 +19,10 @@ Settings (CPU-sized: 300 iterations of batch 128, a narrow Generator-A, LeNet-5-
   written as IDX files and read through ``dataset=idx`` with a LeNet-5 teacher: the path a user of a
   new MNIST-format dataset takes, on images that are not digits;
 - ``cifar10_bn`` (run by name, the same kind of check): the CIFAR-10 split with a ResNet-8 colour
-  teacher, BatchNorm throughout (15 epochs of ``task=teacher``, ~10 min).
+  teacher, BatchNorm throughout (15 epochs of ``task=teacher``, ~10 min);
+- ``grey_idx_bn`` (run by name, a third BatchNorm teacher): ``grey_idx``'s files with a ResNet-8
+  teacher (15 epochs, ~4 min), and ``dataset=idx``'s mean and std of 0.5, which do not standardise
+  these images (their standard deviation after it is 0.46, not 1).
 
 Teachers are trained once into ``OUT/teachers``, on one thread with deterministic kernels (the
 same teachers in every checkout); runs go to ``OUT/runs/<setting>/<method>/seed<N>``
@@ -86,6 +89,7 @@ SETTINGS: dict[str, list[str]] = {
     "cifar10": CIFAR,
     "grey_idx": GREY_IDX,
     "cifar10_bn": [*CIFAR, "teacher=cifar_resnet8", "teacher.training.epochs=15"],
+    "grey_idx_bn": [*GREY_IDX, "teacher=cifar_resnet8", "teacher.training.epochs=15"],
 }
 PANEL = ["digits", "mnist", "mnist_bn", "cifar10"]  # what runs by default; the checks by name (--settings)
 TRAINS_ITS_TEACHER = {"digits"}
@@ -96,13 +100,15 @@ PAPER = ["recipe=paper", "system.student_optimizer.lr=0.01", "system.student_opt
          "system.generator_optimizer.lr=1e-3", "schedule=constant"]  # fmt: skip
 
 ROBUST = ["method=dfad", "recipe=robust"]
-# The recipe as it was before its generator warm-up (an ablation row of the panel, and the base of
-# the variants measured before the warm-up), and before system.student_reuse as well.
-ROBUST_NO_WARMUP = [*ROBUST, "system.generator_warmup=0"]
+# The recipe as it was at each earlier change, newest first, so that every row measured then can be
+# run again as it was (on teachers without BatchNorm, where neither of the first two acts, the first
+# two are the recipe itself): before the generated inputs took a learnable scale and shift where the
+# BatchNorm prior acts; before its student updates took each sample in parts there; before its
+# generator warm-up (an ablation row of the panel); and before system.student_reuse as well.
+ROBUST_NO_INPUT_AFFINE = [*ROBUST, "system.input_affine=false"]
+ROBUST_NO_MINIBATCHES = [*ROBUST_NO_INPUT_AFFINE, "system.student_minibatches=1"]
+ROBUST_NO_WARMUP = [*ROBUST_NO_MINIBATCHES, "system.generator_warmup=0"]
 ROBUST_REUSE1 = [*ROBUST_NO_WARMUP, "system.student_reuse=1"]
-# The recipe before its student updates took each sample in parts where the BatchNorm prior acts:
-# the base of the variants measured before (on teachers without BatchNorm, the recipe itself).
-ROBUST_NO_MINIBATCHES = [*ROBUST, "system.student_minibatches=1"]
 # The recipe on the panel's samples in batches of 64 (600 iterations): the base of the b64 variants.
 ROBUST_B64 = [*ROBUST_NO_MINIBATCHES, "data.batch_size=64", "trainer.max_epochs=12"]
 
@@ -146,6 +152,7 @@ VARIANTS: dict[str, list[str]] = {
     "robust_reuse_8": [*ROBUST_NO_MINIBATCHES, "system.student_reuse=8"],
     # The same samples in batches of 32: four times the iterations (and updates) of the panel's size.
     "robust_b32": [*ROBUST_NO_MINIBATCHES, "data.batch_size=32", "trainer.max_epochs=24"],
+    "robust_b32_shift": [*ROBUST_NO_MINIBATCHES, "data.batch_size=32", "trainer.max_epochs=24", "system.shift=0.0625"],
     # ... with the generator's learning rate divided by 4: its four times as many steps move it as far.
     "robust_b32_glr": [*ROBUST_NO_MINIBATCHES, "data.batch_size=32", "trainer.max_epochs=24",
                        "system.generator_optimizer.lr=2.5e-4"],
@@ -171,9 +178,12 @@ VARIANTS: dict[str, list[str]] = {
     "robust_ema995": [*ROBUST_NO_MINIBATCHES, "system.ema_decay=0.995"],
     # The recipe's student updates in 2 or 4 parts of each sample on every teacher (more, smaller
     # updates; the same samples, generator steps and arithmetic); the last also with the samples shifted.
-    "robust_minibatches2": [*ROBUST, "system.student_minibatches=2"],
-    "robust_minibatches4": [*ROBUST, "system.student_minibatches=4"],
-    "robust_minibatches4_shift": [*ROBUST, "system.student_minibatches=4", "system.shift=0.0625"],
+    "robust_minibatches2": [*ROBUST_NO_INPUT_AFFINE, "system.student_minibatches=2"],
+    "robust_minibatches4": [*ROBUST_NO_INPUT_AFFINE, "system.student_minibatches=4"],
+    "robust_minibatches4_shift": [*ROBUST_NO_INPUT_AFFINE, "system.student_minibatches=4", "system.shift=0.0625"],
+    "robust_no_input_affine": ROBUST_NO_INPUT_AFFINE,
+    # The recipe (its input scale and shift where the BatchNorm prior acts) in batches of 32, one part.
+    "robust_b32_affine": [*ROBUST, "system.student_minibatches=1", "data.batch_size=32", "trainer.max_epochs=24"],
 }  # fmt: skip
 RUNNABLE = {**METHODS, **VARIANTS}
 
@@ -214,7 +224,7 @@ def write_grey_idx(data: Path, out: Path) -> None:
 
 
 # Settings whose data files the panel makes first, from DATA into OUT: name -> maker(data, out).
-MAKES_ITS_DATA = {"grey_idx": write_grey_idx}
+MAKES_ITS_DATA = {"grey_idx": write_grey_idx, "grey_idx_bn": write_grey_idx}
 
 
 def teacher_overrides(setting: str, data: Path, out: Path) -> list[str]:

@@ -170,6 +170,7 @@ def test_generic_datasets_train_with_the_robust_recipe(make_cfg, dataset):
     assert system.replay_size > 0 and system.ema_decay is not None and system.student_reuse > 1
     assert system.one_hot > 0 and system.balance > 0 and system.bn_prior > 0
     assert system.student_minibatches == "auto"  # finer updates where the BatchNorm prior acts
+    assert system.input_affine == "auto"  # and a learnable contrast of the generated inputs
     # Your own data through the CPU-sized MNIST experiment, as a new user runs it: the recipe too.
     assert make_cfg("experiment=cpu_mnist", f"dataset={dataset}", *GENERIC[dataset]).recipe.name == "robust"
 
@@ -180,7 +181,7 @@ def test_the_papers_settings_keep_the_papers_algorithm(make_cfg, experiment):
     assert cfg.recipe.name == "paper" and cfg.method.name == "DFAD"
     system = cfg.system
     assert system.ema_decay is None and system.replay_size == 0 and system.student_reuse == 1
-    assert system.student_minibatches == 1
+    assert system.student_minibatches == 1 and system.input_affine is False
     assert system.balance == system.one_hot == system.bn_prior == 0
 
 

@@ -242,44 +242,40 @@ def test_student_minibatches_take_the_whole_sample_between_them():
     assert make_system()._minibatches(x, out) == [(x, out)]  # one: the whole batch, as the paper
 
 
-def test_automatic_minibatches_are_finer_only_where_the_batchnorm_prior_acts():
+def with_batchnorm(**kwargs) -> DFAD:
+    """The tests' system with a teacher that has BatchNorm layers (a ResNet-8)."""
     from dfad_lightning.networks import GeneratorA, cifar_resnet, lenet5_half
+
+    L.seed_everything(0, verbose=False)
+    return DFAD(
+        cifar_resnet(8, 1, 10).eval(), lenet5_half(1, 10), GeneratorA(16, 1, 32, 8),
+        make_system().student_metric, "acc", student_steps=K, **kwargs,
+    )  # fmt: skip
+
+
+def test_automatic_minibatches_are_finer_only_where_the_batchnorm_prior_acts():
     from dfad_lightning.systems.dfad import AUTO_MINIBATCHES
 
-    def with_batchnorm(bn_prior):
-        return DFAD(
-            cifar_resnet(8, 1, 10).eval(), lenet5_half(1, 10), GeneratorA(16, 1, 32, 8),
-            make_system().student_metric, "acc", bn_prior=bn_prior, student_minibatches="auto",
-        )  # fmt: skip
-
-    assert AUTO_MINIBATCHES > 1 and with_batchnorm(1.0).student_minibatches == AUTO_MINIBATCHES
-    assert with_batchnorm(0.0).student_minibatches == 1  # a BatchNorm teacher, but no prior to anchor the samples
+    auto = {"student_minibatches": "auto"}
+    assert AUTO_MINIBATCHES > 1 and with_batchnorm(bn_prior=1.0, **auto).student_minibatches == AUTO_MINIBATCHES
+    assert with_batchnorm(bn_prior=0.0, **auto).student_minibatches == 1  # no prior to anchor the samples
     assert make_system(bn_prior=1.0, student_minibatches="auto").student_minibatches == 1  # LeNet-5: no BatchNorm
     assert make_system(student_minibatches="auto").steps_per_iteration == K + 1
 
 
 def test_automatic_minibatches_take_no_part_smaller_than_the_measured_ones(tmp_path):
     # The tests' batches of 8 would make four parts of 2: "auto" takes them whole, where 4 must fail.
-    from dfad_lightning.networks import GeneratorA, cifar_resnet, lenet5_half
     from dfad_lightning.systems.dfad import AUTO_MIN_PART, AUTO_MINIBATCHES, auto_minibatches
 
     assert auto_minibatches(AUTO_MINIBATCHES * AUTO_MIN_PART) == AUTO_MINIBATCHES == auto_minibatches(1024)
     assert auto_minibatches(2 * AUTO_MIN_PART) == 2 and auto_minibatches(2 * AUTO_MIN_PART - 1) == 1
 
-    def system(student_minibatches):
-        L.seed_everything(0, verbose=False)
-        return DFAD(
-            cifar_resnet(8, 1, 10).eval(), lenet5_half(1, 10), GeneratorA(16, 1, 32, 8),
-            make_system().student_metric, "acc", student_steps=K, bn_prior=1.0,
-            student_minibatches=student_minibatches,
-        )  # fmt: skip
-
-    auto = system("auto")
+    auto = with_batchnorm(bn_prior=1.0, student_minibatches="auto")
     trainer, student_updates = fit_counting_student_updates(auto, tmp_path)
     assert auto.student_minibatches == 1 and student_updates == 4 * K  # one update per student step
     assert auto.iterations(trainer.global_step) == 4
     with pytest.raises(ConfigError, match=r"system\.student_minibatches: 5 minibatches of a batch of 8"):
-        fit(system(5), tmp_path, epochs=1)
+        fit(with_batchnorm(bn_prior=1.0, student_minibatches=5), tmp_path, epochs=1)
 
 
 def test_input_affine_scales_and_shifts_every_generated_input_and_learns_faster(tmp_path):
@@ -306,16 +302,10 @@ def test_input_affine_scales_and_shifts_every_generated_input_and_learns_faster(
 
 
 def test_automatic_input_affine_only_where_the_batchnorm_prior_acts():
-    from dfad_lightning.networks import GeneratorA, ScaleShift, cifar_resnet, lenet5_half
+    from dfad_lightning.networks import ScaleShift
 
-    def with_batchnorm(bn_prior):
-        return DFAD(
-            cifar_resnet(8, 1, 10).eval(), lenet5_half(1, 10), GeneratorA(16, 1, 32, 8),
-            make_system().student_metric, "acc", bn_prior=bn_prior, input_affine="auto",
-        )  # fmt: skip
-
-    assert isinstance(with_batchnorm(1.0).input_affine, ScaleShift)
-    assert with_batchnorm(0.0).input_affine is None  # nothing would tell the contrast the teacher's data had
+    assert isinstance(with_batchnorm(bn_prior=1.0, input_affine="auto").input_affine, ScaleShift)
+    assert with_batchnorm(bn_prior=0.0, input_affine="auto").input_affine is None  # nothing tells the contrast
     assert make_system(bn_prior=1.0, input_affine="auto").input_affine is None  # LeNet-5: no BatchNorm
     with pytest.raises(ConfigError, match=r"^system\.input_affine: must be true, false or auto, got 'yes'$"):
         make_system(input_affine="yes")

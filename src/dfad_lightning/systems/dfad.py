@@ -285,7 +285,8 @@ class DFAD(LightningModule):
         if student_minibatches == "auto":
             student_minibatches = AUTO_MINIBATCHES if prior_acts else 1
         self.student_minibatches: int = student_minibatches
-        self.input_affine = ScaleShift() if input_affine is True or (input_affine == "auto" and prior_acts) else None
+        wants_affine = prior_acts if input_affine == "auto" else bool(input_affine)
+        self.input_affine = ScaleShift() if wants_affine else None
         if generator_warmup < 0 or (isinstance(generator_warmup, float) and generator_warmup >= 1):
             raise ConfigError(
                 "system.generator_warmup",

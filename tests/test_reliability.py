@@ -108,16 +108,31 @@ def test_unknown_option_names_are_hydras_errors_listing_the_options(make_cfg, ov
         make_cfg(override)
 
 
-def test_a_run_refuses_to_resume_against_another_teacher(make_cfg, tmp_path):
+def another_teacher(tmp_path) -> list[str]:
+    other = tmp_path / "other-teacher.pt"
+    torch.save(LeNet5(1, 10).state_dict(), other)
+    return [f"teacher.checkpoint={other}"]
+
+
+@pytest.mark.parametrize(
+    ("change", "message"),
+    [
+        (another_teacher, r"^teacher\.checkpoint: the checkpoint to resume was trained against"),
+        (
+            lambda _: ["system.input_affine=true"],
+            r"^system\.input_affine: the checkpoint to resume was trained without .*input_affine=false$",
+        ),
+    ],
+    ids=["another teacher", "input_affine"],
+)
+def test_a_run_refuses_to_resume_with_another_teacher_or_input_affine(make_cfg, tmp_path, change, message):
     first = tmp_path / "first"
     results = run(make_cfg(output_dir=first))
     # A copy of the run without its results, as a killed run would leave it.
     killed = tmp_path / "killed"
     shutil.copytree(first / "checkpoints", killed / "checkpoints")
-    other = tmp_path / "other-teacher.pt"
-    torch.save(LeNet5(1, 10).state_dict(), other)
-    with pytest.raises(ConfigError, match=r"^teacher\.checkpoint: the checkpoint to resume was trained against"):
-        run(make_cfg("ckpt_path=last", f"teacher.checkpoint={other}", output_dir=killed))
+    with pytest.raises(ConfigError, match=message):
+        run(make_cfg("ckpt_path=last", *change(tmp_path), output_dir=killed))
     checkpoint = torch.load(first / "checkpoints" / "last.ckpt", weights_only=True)
     assert checkpoint["dfad_teacher"]["path"] == results["teacher_checkpoint"]
 

@@ -301,6 +301,17 @@ def test_input_affine_scales_and_shifts_every_generated_input_and_learns_faster(
     assert not same(before, snapshot(system.generator))
 
 
+def test_resuming_with_input_affine_changed_names_the_key():
+    without, with_ = make_system().state_dict(), make_system(input_affine=True).state_dict()
+    with pytest.raises(ConfigError, match=r"^system\.input_affine: .* trained without .*input_affine=false$"):
+        make_system(input_affine=True).on_load_checkpoint({"state_dict": without})
+    with pytest.raises(ConfigError, match=r"^system\.input_affine: .* trained with .*input_affine=true$"):
+        make_system().on_load_checkpoint({"state_dict": with_})
+    restored = make_system(input_affine=True)
+    restored.on_load_checkpoint({"state_dict": with_})
+    restored.load_state_dict(with_)  # the same setting loads
+
+
 def test_automatic_input_affine_only_where_the_batchnorm_prior_acts():
     from dfad_lightning.networks import ScaleShift
 

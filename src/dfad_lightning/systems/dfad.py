@@ -778,7 +778,8 @@ class DFAD(LightningModule):
         """Refuse a checkpoint of another teacher; fill one saved without the teacher with this one.
 
         Raises:
-            ConfigError: The checkpoint was trained against a teacher with other weights.
+            ConfigError: The checkpoint was trained against a teacher with other weights, or with
+                ``input_affine`` on where it is now off (or the reverse).
         """
         saved = checkpoint.get("dfad_teacher")
         current = self.teacher_fingerprint
@@ -790,6 +791,13 @@ class DFAD(LightningModule):
                 f"(sha256 {current.get('sha256', '?')[:12]}); resume with the same teacher",
             )
         state = checkpoint["state_dict"]
+        saved_affine = "input_affine.scale" in state
+        if saved_affine != (self.input_affine is not None):  # e.g. a robust run begun before input_affine=auto
+            raise ConfigError(
+                "system.input_affine",
+                f"the checkpoint to resume was trained {'with' if saved_affine else 'without'} a learnt scale and "
+                f"shift of the generated inputs; resume with system.input_affine={str(saved_affine).lower()}",
+            )
         for key, value in self.teacher.state_dict(prefix="teacher.").items():
             state.setdefault(key, value)
         if self.replay_size and self.memory is None and "memory.samples" in state:

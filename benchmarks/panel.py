@@ -182,6 +182,8 @@ VARIANTS: dict[str, list[str]] = {
     "robust_minibatches4": [*ROBUST_NO_INPUT_AFFINE, "system.student_minibatches=4"],
     "robust_minibatches4_shift": [*ROBUST_NO_INPUT_AFFINE, "system.student_minibatches=4", "system.shift=0.0625"],
     "robust_no_input_affine": ROBUST_NO_INPUT_AFFINE,
+    # ... and on every teacher, where on those without BatchNorm nothing but the game sets the contrast.
+    "robust_input_affine": [*ROBUST, "system.input_affine=true"],
     # The recipe (its input scale and shift where the BatchNorm prior acts) in batches of 32, one part.
     "robust_b32_affine": [*ROBUST, "system.student_minibatches=1", "data.batch_size=32", "trainer.max_epochs=24"],
 }  # fmt: skip

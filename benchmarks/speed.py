@@ -40,9 +40,10 @@ from dfad_lightning.tasks.build import quiet_lightning
 
 ROOT = Path(__file__).resolve().parents[1]
 
-# The recipe as it was when these were measured: one part per student update (README).
+# The recipe as it was when these were measured: one part per student update, no learnt input contrast (README).
 PANEL_MNIST_BN = ["dataset=mnist", "teacher=cifar_resnet8", "recipe=robust", "system.generator_warmup=0",
-                  "generator.ngf=16", "system.channels_last=true", "system.student_minibatches=1"]  # fmt: skip
+                  "generator.ngf=16", "system.channels_last=true", "system.student_minibatches=1",
+                  "system.input_affine=false"]  # fmt: skip
 
 # Each configuration: the overrides that compose it (the paper's settings, and the CPU default).
 CONFIGS = {

@@ -134,6 +134,11 @@ def test_the_signal_warns_when_the_student_stops_following_the_teacher(tmp_path)
     assert "class spread 0.48" in collapsed and "collapsed" in collapsed
     probe.history[-1]["latest_class_spread"] = 0.85
     assert probe.warnings() == []
+    probe.history[-1]["latest_bn_gap"] = 0.9  # high agreement, on inputs unlike the teacher's data
+    (elsewhere,) = probe.warnings()
+    assert "unlike the teacher's data" in elsewhere and "0.90" in elsewhere and "dataset.mean" in elsewhere
+    probe.history[-1]["latest_bn_gap"] = 0.2
+    assert probe.warnings() == []
 
 
 def test_a_fall_within_the_probes_sampling_noise_is_no_warning(tmp_path):
@@ -211,3 +216,52 @@ def test_dense_outputs_have_no_class_spread(tmp_path):
     system.teacher = Dense()
     assert system.top_classes(torch.zeros(3, 5, 4, 4)) is None
     assert DataFreeProbe(tmp_path, nz=16).class_spread(system, torch.zeros(3, 1, 4, 4)) is None
+
+
+class Standardising(torch.nn.Module):
+    """A "teacher" of one BatchNorm layer that learnt inputs of mean 1 and variance 4."""
+
+    def __init__(self):
+        super().__init__()
+        self.bn = torch.nn.BatchNorm2d(2, eps=0.0)
+        self.bn.running_mean.fill_(1.0)
+        self.bn.running_var.fill_(4.0)
+        self.eval()
+
+    def forward(self, x):
+        return self.bn(x).mean((2, 3))
+
+
+def standardised(n, mean, std):
+    """``n`` two-channel inputs whose every channel has exactly this mean and standard deviation."""
+    x = torch.randn(n, 2, 3, 3, generator=torch.Generator().manual_seed(0), dtype=torch.float64)
+    x = (x - x.mean((0, 2, 3), keepdim=True)) / x.std((0, 2, 3), keepdim=True, unbiased=False)
+    return (x * std + mean).float()
+
+
+@pytest.mark.parametrize(
+    ("mean", "std", "expected"),
+    [(1.0, 2.0, 0.0), (2.0, 2.0, 0.5), (1.0, 4.0, math.log(4)), (0.0, 1.0, 0.5 + math.log(4))],
+)
+def test_the_batchnorm_gap_measures_inputs_against_the_statistics_the_teacher_learnt(tmp_path, mean, std, expected):
+    system = make_system()
+    system.teacher = Standardising()
+    inputs = standardised(20, mean, std)
+    whole = DataFreeProbe(tmp_path, nz=16).batchnorm_gap(system, inputs)
+    in_batches = DataFreeProbe(tmp_path, nz=16, batch_size=3).batchnorm_gap(system, inputs)
+    assert whole == pytest.approx(expected, abs=1e-5) and in_batches == pytest.approx(expected, abs=1e-5)
+    assert all(not hasattr(m, "_forward_hooks") or not m._forward_hooks for m in system.teacher.modules())
+
+
+def test_a_teacher_without_batchnorm_has_no_batchnorm_gap(tmp_path):
+    assert DataFreeProbe(tmp_path, nz=16).batchnorm_gap(make_system(), torch.zeros(4, 1, 32, 32)) is None
+
+
+def test_a_batchnorm_teacher_logs_the_gap_and_reports_it(tmp_path):
+    from test_stabilisers import with_batchnorm
+
+    probe = DataFreeProbe(tmp_path / "probes", nz=16, samples_per_snapshot=8)
+    system = with_batchnorm()
+    trainer = fit_system(system, tmp_path, 1, callbacks=[probe])
+    gap = probe.history[-1]["latest_bn_gap"]
+    assert gap > 0 and trainer.callback_metrics["val_datafree/latest_bn_gap"] == pytest.approx(gap)

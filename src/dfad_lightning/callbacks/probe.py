@@ -8,7 +8,7 @@ from typing import Any, cast
 
 import torch
 from lightning import Callback, LightningModule, Trainer
-from torch import Tensor
+from torch import Tensor, nn
 
 from dfad_lightning.files import save_atomic
 from dfad_lightning.systems import DFAD
@@ -164,6 +164,51 @@ class DataFreeProbe(Callback):
         shares = shares[shares > 0]
         return float(-(shares * shares.log()).sum() / math.log(min(outputs.shape[1], classes.numel())))
 
+    @torch.no_grad()
+    def batchnorm_gap(self, pl_module: LightningModule, inputs: Tensor) -> float | None:
+        """How far ``inputs`` are from the teacher's data, as its BatchNorm layers saw that data.
+
+        At each BatchNorm layer of the teacher, each channel's mean and variance over ``inputs``
+        (and positions) are compared with the running ones the layer learnt from the teacher's
+        training data: ``|mean - running_mean| / running_std + |log(var / running_var)|``, averaged
+        over the layer's channels. The gap is the largest over the layers. It has no unit: 0 is
+        the teacher's data itself, and 64 real test images score about 0.1 (sampling alone). A
+        generator whose samples sit elsewhere (wrong contrast, no BatchNorm prior) makes the
+        teacher answer on inputs unlike anything it learnt from, which the agreement cannot show.
+        ``None`` where the teacher has no BatchNorm layer with running statistics.
+        """
+        system = cast(DFAD, pl_module)
+        batchnorms = (m for m in system.teacher.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm))
+        layers = [m for m in batchnorms if m.running_mean is not None and m.running_var is not None]
+        if not layers or not len(inputs):
+            return None
+        sums: dict[nn.Module, list[Tensor]] = {}
+
+        def record(module: nn.Module, args: tuple[Tensor, ...], output: Tensor) -> None:
+            x = args[0].movedim(1, -1).reshape(-1, args[0].shape[1]).float()
+            # Moments about the running mean, summed over batches: near 0 where it matters, no cancellation.
+            centred = x - cast(Tensor, module.running_mean).float()
+            totals = [x.new_tensor(float(len(x))), centred.sum(0), centred.square().sum(0)]
+            sums[module] = [a + b for a, b in zip(sums[module], totals, strict=True)] if module in sums else totals
+
+        handles = [layer.register_forward_hook(record) for layer in layers]
+        try:
+            for batch in torch.split(inputs, self.batch_size):
+                system.teacher(batch.to(system.device))
+        finally:
+            for handle in handles:
+                handle.remove()
+        gaps = []
+        for layer in layers:
+            count, first, second = sums[layer]
+            eps = layer.eps
+            shift = first / count  # the batch mean minus the running mean
+            var = (second / count - shift.square()).clamp(min=0)
+            running_var = cast(Tensor, layer.running_var).float() + eps
+            gap = shift.abs() / running_var.sqrt() + torch.log((var + eps) / running_var).abs()
+            gaps.append(float(gap.mean()))
+        return max(gaps)
+
     def on_train_epoch_end(self, trainer: Trainer, pl_module: LightningModule) -> None:
         """Draw this epoch's snapshot, compare on the probe sets, log the values."""
         epoch = trainer.current_epoch
@@ -184,6 +229,9 @@ class DataFreeProbe(Callback):
         spread = self.class_spread(pl_module, latest)
         if spread is not None:
             values["latest_class_spread"] = spread
+        gap = self.batchnorm_gap(pl_module, latest)
+        if gap is not None:
+            values["latest_bn_gap"] = gap
         pl_module.log_dict({f"val_datafree/{k}": v for k, v in values.items()})
         # The real score of this epoch, where the run has real data (to measure the signal).
         real = trainer.callback_metrics.get(f"val/{getattr(pl_module, 'metric_name', '')}")
@@ -198,7 +246,7 @@ class DataFreeProbe(Callback):
         sign = -1.0 if self.mode == "min" else 1.0
         return dict(max(self.history, key=lambda h: (sign * h[self.monitor], -h["epoch"])))
 
-    def warnings(self, drop: float = 0.05, floor: float = 0.5, spread: float = 0.7) -> list[str]:
+    def warnings(self, drop: float = 0.05, floor: float = 0.5, spread: float = 0.7, bn_gap: float = 0.5) -> list[str]:
         """What the signal says went wrong, as sentences with what to try (none if all looks well).
 
         Judged from the run's own probes only, so it works without real data: the student's
@@ -207,7 +255,10 @@ class DataFreeProbe(Callback):
         two epochs by ``drop / 2`` or more in all (it is still getting worse), below ``floor``
         (it mostly disagrees), or the teacher's classes of the generator's latest samples spread
         less than ``spread`` (see :meth:`class_spread`: the generator collapsed onto a few
-        classes, and the student learns little of the others).
+        classes, and the student learns little of the others), or, on a teacher with BatchNorm
+        layers, the latest samples' statistics there ``bn_gap`` or more from the teacher's data
+        (see :meth:`batchnorm_gap`: the teacher answers on inputs unlike its data, and agreeing
+        with it there says little).
 
         A fall counts only where it is also larger than the probes' sampling noise
         (:func:`sampling_noise`): an agreement measured on a few hundred probes moves by a few
@@ -220,6 +271,10 @@ class DataFreeProbe(Callback):
             spread: The lowest acceptable final class spread. On the robustness panel (README)
                 every run that ended below 0.7 had failed (student/teacher 0.07 to 0.48), and
                 every run at half its teacher or more was at 0.79 or above.
+            bn_gap: The highest acceptable final BatchNorm gap. On the panel's three BatchNorm
+                teachers (README) all 38 runs at 0.47 of their teacher or more ended at 0.23 or
+                below, and all 14 at 0.33 or less (DFAD, DAFL, DFQ, and the recipe without its
+                learnt contrast on ``grey_idx_bn``) at 0.78 or above.
         """
         values = [h["agreement"] for h in self.history]
         if not values:
@@ -250,6 +305,14 @@ class DataFreeProbe(Callback):
             found.append(
                 f"the teacher puts the generator's latest samples in few of its classes (class spread "
                 f"{last_spread:.2f}, 1 is even): the generator collapsed, and the student learns little of the rest"
+            )
+        last_gap = self.history[-1].get("latest_bn_gap")
+        if last_gap is not None and last_gap >= bn_gap:
+            found.append(
+                f"the generator's latest samples are unlike the teacher's data: their statistics at its BatchNorm "
+                f"layers are {last_gap:.2f} from those it learnt (its own data: about 0.1), so agreeing with it on "
+                "them says little; the BatchNorm prior (system.bn_prior, on in recipe=robust) pulls them closer, and "
+                "dataset.mean and dataset.std must be the normalisation the teacher was trained with"
             )
         return found
 

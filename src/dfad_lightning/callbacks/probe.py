@@ -53,7 +53,9 @@ class DataFreeProbe(Callback):
     are compared on it with the module's :meth:`~dfad_lightning.systems.DFAD.fidelity` hook, and
     the results logged as ``val_datafree/<name>`` (probe set), ``val_datafree/latest_<name>`` (the
     newest snapshot only) and ``val_datafree/noise_<name>`` (standard normal inputs, a
-    data-independent probe). Any of them can be the ``monitor`` of a ``ModelCheckpoint`` or
+    data-independent probe), and on the newest snapshot ``val_datafree/latest_class_spread``
+    (:meth:`class_spread`) and, on a teacher with BatchNorm layers, ``val_datafree/latest_bn_gap``
+    (:meth:`batchnorm_gap`). Any of them can be the ``monitor`` of a ``ModelCheckpoint`` or
     ``EarlyStopping`` (run this callback before them); the default config keeps the student with
     the lowest ``val_datafree/latest_mae`` (``recipe=robust``: the highest ``val_datafree/agreement``).
 

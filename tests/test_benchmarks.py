@@ -64,6 +64,15 @@ def test_every_run_of_the_panel_composes(make_cfg, tmp_path):
     assert make_cfg(*[o.format(data=tmp_path, out=tmp_path) for o in panel.GREY_IDX]).dataset.name == "idx"
 
 
+def test_a_setting_that_shares_a_teacher_loads_it_instead_of_training_another(tmp_path):
+    panel = load_panel()
+    (tmp_path / "teachers" / "mnist_bn").mkdir(parents=True)
+    (tmp_path / "teachers" / "mnist_bn" / "results.json").write_text("{}")  # mnist_bn's teacher is trained
+    overrides = panel.teacher_overrides("mnist_bn_lenet5", tmp_path / "data", tmp_path)
+    assert overrides == [f"teacher.checkpoint={tmp_path / 'teachers' / 'mnist_bn' / 'teacher.pt'}"]
+    assert not (tmp_path / "teachers" / "mnist_bn_lenet5").exists()
+
+
 def test_the_grey_idx_setting_is_the_cifar_split_in_grey_as_idx_files(tmp_path):
     panel = load_panel()
     rng = np.random.default_rng(0)

@@ -138,12 +138,12 @@ def one_hot(logits: Tensor) -> Tensor:
     return F.cross_entropy(logits, logits.argmax(1))
 
 
-def _per_channel(x: Tensor) -> Tensor:
+def per_channel(x: Tensor) -> Tensor:
     """``x`` of shape ``(B, C, ...)`` as ``(everything else, C)``: one column per channel.
 
     A view for channels-last activations (the layout ``system.channels_last`` gives), a copy otherwise.
 
-    >>> _per_channel(torch.arange(8.0).view(2, 2, 2)).tolist()
+    >>> per_channel(torch.arange(8.0).view(2, 2, 2)).tolist()
     [[0.0, 2.0], [1.0, 3.0], [4.0, 6.0], [5.0, 7.0]]
     """
     return x.movedim(1, -1).reshape(-1, x.shape[1])
@@ -181,7 +181,7 @@ class BatchNormPrior:
         def record(module: nn.Module, inputs: tuple[Tensor, ...], output: Tensor) -> None:
             if not torch.is_grad_enabled():
                 return
-            x = _per_channel(inputs[0].float())
+            x = per_channel(inputs[0].float())
             # Two passes (mean, then mean squared deviation): on the CPU 2-6x faster than
             # torch.var along this axis, and as exact as it.
             mean = x.mean(0)

@@ -11,6 +11,7 @@ from lightning import Callback, LightningModule, Trainer
 from torch import Tensor, nn
 
 from dfad_lightning.files import save_atomic
+from dfad_lightning.losses import per_channel
 from dfad_lightning.systems import DFAD
 
 
@@ -187,7 +188,7 @@ class DataFreeProbe(Callback):
         sums: dict[nn.Module, list[Tensor]] = {}
 
         def record(module: nn.Module, args: tuple[Tensor, ...], output: Tensor) -> None:
-            x = args[0].movedim(1, -1).reshape(-1, args[0].shape[1]).float()
+            x = per_channel(args[0].float())
             # Moments about the running mean, summed over batches: near 0 where it matters, no cancellation.
             centred = x - cast(Tensor, module.running_mean).float()
             totals = [x.new_tensor(float(len(x))), centred.sum(0), centred.square().sum(0)]

@@ -175,9 +175,11 @@ class DataFreeProbe(Callback):
         (and positions) are compared with the running ones the layer learnt from the teacher's
         training data: ``|mean - running_mean| / running_std + |log(var / running_var)|``, averaged
         over the layer's channels. The gap is the largest over the layers. It has no unit: 0 is
-        the teacher's data itself, and 64 real test images score about 0.1 (sampling alone). A
-        generator whose samples sit elsewhere (wrong contrast, no BatchNorm prior) makes the
-        teacher answer on inputs unlike anything it learnt from, which the agreement cannot show.
+        the teacher's training data itself; 64 test images of that data score about 0.1 (sampling
+        alone), images of a shifted copy more (a teacher trained elsewhere, on a JPEG copy of its
+        test set: 0.65 over 512 images, README). A generator whose samples sit elsewhere (wrong
+        contrast, no BatchNorm prior) makes the teacher answer on inputs unlike anything it
+        learnt from, which the agreement cannot show.
         ``None`` where the teacher has no BatchNorm layer with running statistics.
         """
         system = cast(DFAD, pl_module)
@@ -313,9 +315,9 @@ class DataFreeProbe(Callback):
         if last_gap is not None and last_gap >= bn_gap:
             found.append(
                 f"the generator's latest samples are unlike the teacher's data: their statistics at its BatchNorm "
-                f"layers are {last_gap:.2f} from those it learnt (its own data: about 0.1), so agreeing with it on "
-                "them says little; the BatchNorm prior (system.bn_prior, on in recipe=robust) pulls them closer, and "
-                "dataset.mean and dataset.std must be the normalisation the teacher was trained with"
+                f"layers are {last_gap:.2f} from those it learnt (0 would be its training data), so agreeing with it "
+                "on them says little; the BatchNorm prior (system.bn_prior, on in recipe=robust) pulls them closer, "
+                "and dataset.mean and dataset.std must be the normalisation the teacher was trained with"
             )
         return found
 

@@ -24,7 +24,10 @@ Settings (CPU-sized: 300 iterations of batch 128, a narrow Generator-A, LeNet-5-
   teacher (15 epochs, ~4 min), and ``dataset=idx``'s mean and std of 0.5, which do not standardise
   these images (their standard deviation after it is 0.46, not 1);
 - ``mnist_bn_lenet5`` (run by name): ``mnist_bn``'s teacher distilled into a LeNet-5 (0.8 MFLOP
-  per image, against the teacher's 24 and LeNet-5-Half's 0.27) instead of LeNet-5-Half.
+  per image, against the teacher's 24 and LeNet-5-Half's 0.27) instead of LeNet-5-Half;
+- ``cifar10_resnet20`` (run by name): a teacher trained elsewhere, akamaster's pretrained CIFAR-10
+  ResNet-20 (``DATA/teachers/cifar10-akamaster/resnet20-12fca82f.th``, from its GitHub release),
+  into a colour LeNet-5, scored on the CIFAR-10 test images of ``DATA/cifar10/test``.
 
 Teachers are trained once into ``OUT/teachers``, on one thread with deterministic kernels (the
 same teachers in every checkout); runs go to ``OUT/runs/<setting>/<method>/seed<N>``
@@ -93,11 +96,19 @@ SETTINGS: dict[str, list[str]] = {
     "cifar10_bn": [*CIFAR, "teacher=cifar_resnet8", "teacher.training.epochs=15"],
     "grey_idx_bn": [*GREY_IDX, "teacher=cifar_resnet8", "teacher.training.epochs=15"],
     "mnist_bn_lenet5": ["dataset=mnist", "paths.data_dir={data}", "teacher=cifar_resnet8", "model=lenet5"],
+    "cifar10_resnet20": [
+        "dataset=cifar10_folder",
+        "paths.data_dir={data}",
+        "teacher=cifar_resnet20_akamaster",
+        "teacher.checkpoint={data}/teachers/cifar10-akamaster/resnet20-12fca82f.th",
+        "model=lenet5",
+    ],
 }
 # Settings that distil another setting's teacher (to another student): setting -> the teacher's setting.
 SHARES_TEACHER = {"mnist_bn_lenet5": "mnist_bn"}
 PANEL = ["digits", "mnist", "mnist_bn", "cifar10"]  # what runs by default; the checks by name (--settings)
-TRAINS_ITS_TEACHER = {"digits"}
+# Settings whose teacher is not trained here: digits trains it on the fly, cifar10_resnet20 brings its own.
+OWN_TEACHER = {"digits", "cifar10_resnet20"}
 
 # The paper's hyperparameters for small networks (its MNIST row), shared by every method that
 # does not bring its own: student SGD 0.01 (momentum 0.9), generator Adam 1e-3, constant rates.
@@ -240,7 +251,7 @@ def teacher_overrides(setting: str, data: Path, out: Path) -> list[str]:
     On one thread with deterministic kernels: the same teacher in every checkout on the same
     software, so that panel rows measured on different days compare students of one teacher.
     """
-    if setting in TRAINS_ITS_TEACHER:
+    if setting in OWN_TEACHER:
         return []
     setting = SHARES_TEACHER.get(setting, setting)
     run_dir = out / "teachers" / setting

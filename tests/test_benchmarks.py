@@ -53,7 +53,7 @@ def test_every_run_of_the_panel_composes(make_cfg, tmp_path):
     pairs |= {("mnist_bn", method) for method in panel.RUNNABLE}
     for setting, method in sorted(pairs):
         dataset, overrides = panel.SETTINGS[setting], panel.RUNNABLE[method]
-        teacher = [] if setting in panel.TRAINS_ITS_TEACHER else [f"teacher.checkpoint={tmp_path / 't.pt'}"]
+        teacher = [] if setting in panel.OWN_TEACHER else [f"teacher.checkpoint={tmp_path / 't.pt'}"]
         filled = [o.format(data=tmp_path, out=tmp_path) for o in [*dataset, *teacher, *panel.SIZE, *overrides]]
         cfg = make_cfg(*filled, tiny=False)
         # The panel's size, but where a variant changes the batch on purpose (the same samples in smaller batches).

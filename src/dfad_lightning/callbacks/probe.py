@@ -191,7 +191,7 @@ class DataFreeProbe(Callback):
 
         def record(module: nn.Module, args: tuple[Tensor, ...], output: Tensor) -> None:
             x = per_channel(args[0].float())
-            # Moments about the running mean, summed over batches: near 0 where it matters, no cancellation.
+            # Moments about the running mean, summed over batches: small where the gap is, so little cancels.
             centred = x - cast(Tensor, module.running_mean).float()
             totals = [x.new_tensor(float(len(x))), centred.sum(0), centred.square().sum(0)]
             sums[module] = [a + b for a, b in zip(sums[module], totals, strict=True)] if module in sums else totals

@@ -278,8 +278,8 @@ class DataFreeProbe(Callback):
                 every run at half its teacher or more was at 0.79 or above.
             bn_gap: The highest acceptable final BatchNorm gap. On the panel's three BatchNorm
                 teachers (README) all 38 runs at 0.47 of their teacher or more ended at 0.23 or
-                below, and all 14 at 0.33 or less (DFAD, DAFL, DFQ, and the recipe without its
-                learnt contrast on ``grey_idx_bn``) at 0.78 or above.
+                below, and all 16 at 0.33 or less (DFAD, DAFL, DFQ, and the recipe without its
+                learnt contrast on ``grey_idx_bn``) at 0.75 or above.
         """
         values = [h["agreement"] for h in self.history]
         if not values:

@@ -202,6 +202,9 @@ VARIANTS: dict[str, list[str]] = {
     "robust_input_affine": [*ROBUST, "system.input_affine=true"],
     # The recipe (its input scale and shift where the BatchNorm prior acts) in batches of 32, one part.
     "robust_b32_affine": [*ROBUST, "system.student_minibatches=1", "data.batch_size=32", "trainer.max_epochs=24"],
+    # The warm-up at 3 and at 10 times the generator's learning rate (the recipe: its own rate).
+    "robust_warmup_lr3": [*ROBUST, "system.generator_warmup_lr_scale=3"],
+    "robust_warmup_lr10": [*ROBUST, "system.generator_warmup_lr_scale=10"],
 }  # fmt: skip
 RUNNABLE = {**METHODS, **VARIANTS}
 

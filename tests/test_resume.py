@@ -35,6 +35,7 @@ RUN = [
     "system.replay_size=40",
     "system.balance=1",
     f"system.generator_warmup={WARMUP}",
+    "system.generator_warmup_lr_scale=10",
     "system.shift=0.125",
     "system.student_minibatches=2",
     "system.input_affine=true",

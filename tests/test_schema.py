@@ -33,6 +33,7 @@ BAD = [
     ("system.replay_fraction=0", "system.replay_fraction", "got 0"),
     ("system.replay_dtype=int8", "system.replay_dtype", "bfloat16"),
     ("system.generator_warmup=-1", "system.generator_warmup", "got -1"),
+    ("system.generator_warmup_lr_scale=0", "system.generator_warmup_lr_scale", "got 0"),
     ("system.nonfinite=maybe", "system.nonfinite", "stop, skip"),
     ("system.channels_last=3", "system.channels_last", "true or false"),
     ("system.adversarial_agreement=sometimes", "system.adversarial_agreement", "true or false"),

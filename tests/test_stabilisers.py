@@ -11,12 +11,13 @@ import torch
 import torch.nn.functional as F
 from test_dfad import K, fit, make_system, same, snapshot
 from torch import nn
-from torch.optim.optimizer import register_optimizer_step_post_hook
+from torch.optim.optimizer import register_optimizer_step_post_hook, register_optimizer_step_pre_hook
 
 from dfad_lightning import losses
 from dfad_lightning.errors import ConfigError
 from dfad_lightning.systems import DAFL, DFAD
 from dfad_lightning.systems.augment import random_shift
+from dfad_lightning.systems.dfad import INPUT_AFFINE_LR_FACTOR
 from dfad_lightning.systems.memory import ReplayMemory
 from dfad_lightning.tasks import main, run
 
@@ -619,6 +620,23 @@ def test_a_run_with_a_warmup_counts_its_iterations(make_cfg, tmp_path):
         assert results["iterations"] == 6 and results["student"]["final"] is not None
 
 
+def test_the_warmup_steps_the_generator_at_its_scaled_rate_and_the_game_at_its_own(tmp_path):
+    system = make_system(generator_warmup=3, generator_warmup_lr_scale=10.0, balance=1.0, input_affine=True)
+    rates: list[list[float]] = []  # at each generator (Adam) step: the rate of every parameter group
+    hook = register_optimizer_step_pre_hook(
+        lambda opt, args, kwargs: (
+            rates.append([g["lr"] for g in opt.param_groups]) if isinstance(opt, torch.optim.Adam) else None
+        )
+    )
+    try:
+        trainer = fit(system, tmp_path, epochs=2)  # 8 iterations, the first 3 the warm-up
+    finally:
+        hook.remove()
+    base = [1e-3, 1e-3 * INPUT_AFFINE_LR_FACTOR]  # the generator's groups: its weights, the input's scale and shift
+    assert rates == [[10 * lr for lr in base]] * 3 + [base] * 5
+    assert [g["lr"] for g in trainer.optimizers[1].param_groups] == base  # restored exactly after each step
+
+
 def test_the_warmup_needs_a_prior_to_train_on():
     with pytest.raises(ValueError, match=r"set system\.balance or system\.one_hot"):
         make_system(generator_warmup=2)
@@ -627,6 +645,9 @@ def test_the_warmup_needs_a_prior_to_train_on():
     for bad in (-1, 1.0, 1.5):  # a count below 0; a fraction of the run of 1 or more
         with pytest.raises(ConfigError, match=r"^system\.generator_warmup: must be an integer >= 0"):
             make_system(generator_warmup=bad, balance=1.0)
+    for bad in (0.0, -2.0):
+        with pytest.raises(ConfigError, match=r"^system\.generator_warmup_lr_scale: must be above 0"):
+            make_system(generator_warmup=2, generator_warmup_lr_scale=bad, balance=1.0)
 
 
 def test_a_warmup_without_a_prior_is_one_line_naming_the_key(make_cfg, capsys):

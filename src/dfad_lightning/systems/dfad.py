@@ -168,6 +168,11 @@ class DFAD(LightningModule):
             (``trainer.max_epochs`` x batches per epoch, rounded), so that runs of any length
             keep most of their iterations for the student. Needs a prior; ``0``: none (the paper);
             nothing without a trained generator (``train_generator=False``).
+        generator_warmup_lr_scale: The generator's learning rate in the warm-up, as a multiple of
+            the one it trains with after it (each parameter group's, whatever its schedule says):
+            the priors alone ask for no balance against a student, and at the game's rate they are
+            still falling steeply when the warm-up ends. ``1``: the same rate throughout (on the
+            robustness panel 10 helped the strong BatchNorm teacher and cost the weak ones).
         adversarial_agreement: The generator's adversarial term counts only the samples (pixels,
             for segmentation) on which student and teacher agree on the class, averaged over
             those (the mask of DeepInversion's and CMI's adversarial terms): the generator stops
@@ -223,6 +228,7 @@ class DFAD(LightningModule):
         one_hot: float = 0.0,
         bn_prior: float = 0.0,
         generator_warmup: float = 0,
+        generator_warmup_lr_scale: float = 1.0,
         adversarial_agreement: bool = False,
         shift: float = 0.0,
         input_affine: bool | Literal["auto"] = False,
@@ -243,6 +249,7 @@ class DFAD(LightningModule):
             ("replay_size", replay_size, replay_size >= 0, "at least 0 (0: no replay)"),
             ("replay_fraction", replay_fraction, replay_fraction > 0, "above 0"),
             ("replay_dtype", replay_dtype, replay_dtype in REPLAY_DTYPES, f"one of {', '.join(REPLAY_DTYPES)}"),
+            ("generator_warmup_lr_scale", generator_warmup_lr_scale, generator_warmup_lr_scale > 0, "above 0"),
             ("shift", shift, 0.0 <= shift < 0.5, "in [0, 0.5) (a fraction of the image side; 0: none)"),
             ("input_affine", input_affine, input_affine in (True, False, "auto"), "true, false or auto"),
         ]
@@ -303,6 +310,7 @@ class DFAD(LightningModule):
                 "or system.generator_warmup=0",
             )
         self.generator_warmup = generator_warmup
+        self.generator_warmup_lr_scale = generator_warmup_lr_scale
         # Scores live in buffers so that they travel with checkpoints and across devices.
         self.register_buffer("teacher_score", torch.tensor(float("nan")))
         self.register_buffer("last_score", torch.tensor(float("nan")))
@@ -521,13 +529,24 @@ class DFAD(LightningModule):
         return self.current_epoch * self.trainer.num_training_batches + batch_idx < self.warmup_iterations
 
     def _warmup_step(self, z: Tensor, opt_g: LightningOptimizer) -> None:
-        """One generator step on its priors alone; the student waits for samples worth learning from."""
+        """One generator step on its priors alone, at ``generator_warmup_lr_scale`` times its LR.
+
+        The student waits for samples worth learning from; with no student to keep pace with,
+        the generator can take larger steps towards them.
+        """
         with self.toggled_optimizer(opt_g):
             loss_g = self.priors(self.teacher(self.augment(self.synthesize(z))))
             if not self._skip(loss_g):
                 opt_g.zero_grad(set_to_none=True)
                 self.manual_backward(loss_g)
+                groups = opt_g.optimizer.param_groups
+                rates = [group["lr"] for group in groups]
+                for group, lr in zip(groups, rates, strict=True):
+                    group["lr"] = lr * self.generator_warmup_lr_scale
                 opt_g.step()
+                # Restored exactly: the schedules and the game after the warm-up see the rates they set.
+                for group, lr in zip(groups, rates, strict=True):
+                    group["lr"] = lr
         self._guard(loss_g.new_empty(0), loss_g.detach())
         self.log("train/loss_warmup", loss_g.detach(), prog_bar=True)
 

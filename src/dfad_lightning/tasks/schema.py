@@ -139,6 +139,7 @@ SCHEMA: list[Rule] = [
     Rule("system.one_hot", float, low=0),
     Rule("system.bn_prior", float, low=0),
     Rule("system.generator_warmup", float, low=0),
+    Rule("system.generator_warmup_lr_scale", float, low=POSITIVE),
     Rule("system.adversarial_agreement", bool),
     Rule("system.shift", float, low=0, high=0.5),
     Rule("system.activation", float, low=0),

@@ -4,7 +4,8 @@ from __future__ import annotations
 
 import math
 import warnings
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from functools import partial
 from typing import Any, Literal, cast
 
@@ -66,6 +67,27 @@ def _plain(fn: Callable[..., Tensor]) -> Callable[..., Tensor]:
     if isinstance(fn, partial) and type(fn) is not partial:
         return partial(fn.func, *fn.args, **fn.keywords)
     return fn
+
+
+@contextmanager
+def _scaled_lr(optimizer: Optimizer, scale: float) -> Iterator[None]:
+    """Every parameter group of ``optimizer`` at ``scale`` times its LR inside the block, exactly its own after.
+
+    >>> opt = torch.optim.SGD([torch.zeros(1, requires_grad=True)], lr=0.1)
+    >>> with _scaled_lr(opt, 10.0):
+    ...     opt.param_groups[0]["lr"]
+    1.0
+    >>> opt.param_groups[0]["lr"]
+    0.1
+    """
+    rates = [group["lr"] for group in optimizer.param_groups]
+    for group, lr in zip(optimizer.param_groups, rates, strict=True):
+        group["lr"] = lr * scale
+    try:
+        yield
+    finally:  # restored, not divided back: the schedules and later steps see the rates they set
+        for group, lr in zip(optimizer.param_groups, rates, strict=True):
+            group["lr"] = lr
 
 
 class DFAD(LightningModule):
@@ -540,14 +562,8 @@ class DFAD(LightningModule):
             if not self._skip(loss_g):
                 opt_g.zero_grad(set_to_none=True)
                 self.manual_backward(loss_g)
-                groups = opt_g.optimizer.param_groups
-                rates = [group["lr"] for group in groups]
-                for group, lr in zip(groups, rates, strict=True):
-                    group["lr"] = lr * self.generator_warmup_lr_scale
-                opt_g.step()
-                # Restored exactly: the schedules and the game after the warm-up see the rates they set.
-                for group, lr in zip(groups, rates, strict=True):
-                    group["lr"] = lr
+                with _scaled_lr(opt_g.optimizer, self.generator_warmup_lr_scale):
+                    opt_g.step()
         self._guard(loss_g.new_empty(0), loss_g.detach())
         self.log("train/loss_warmup", loss_g.detach(), prog_bar=True)
 

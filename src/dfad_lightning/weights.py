@@ -51,13 +51,20 @@ def match_prefix(state: Mapping[str, Tensor], expected: Mapping[str, Tensor]) ->
     return dict(state)
 
 
-def load_weights(net: nn.Module, path: str | Path, key: str) -> None:
+def load_weights(net: nn.Module, path: str | Path, key: str, network: str) -> None:
     """Load the weights in ``path`` into ``net``, or fail with a message naming the config ``key``.
 
     Accepts plain state dicts and checkpoints that nest them (Lightning, akamaster, ...), with
     wrapper prefixes such as ``module.``. A file that is missing, that is not a PyTorch
     checkpoint, or whose tensors do not fit the architecture is reported before any training,
     with the first mismatching tensor and its shapes.
+
+    Args:
+        net: The network built from the config.
+        path: The weights file.
+        key: The config key that names ``path`` (e.g. ``teacher.checkpoint``).
+        network: The config group that chose ``net``'s architecture (e.g. ``teacher``): a file
+            of another architecture is reported with both ways out, this group or ``key``.
 
     Raises:
         ConfigError: The file cannot be used for ``net``.
@@ -86,7 +93,8 @@ def load_weights(net: nn.Module, path: str | Path, key: str) -> None:
             key,
             f"{file} was saved from another architecture than {type(net).__name__}: "
             f"{len(missing)} tensors missing (first: {missing[:3]}), "
-            f"{len(unexpected)} unexpected (first: {unexpected[:3]}). Check the network config or the file.",
+            f"{len(unexpected)} unexpected (first: {unexpected[:3]}). Set {network}= to the architecture "
+            f"it was saved from (the options: conf/{network}/), or {key} to weights of {type(net).__name__}",
         )
     for name, tensor in expected.items():
         if state[name].shape != tensor.shape:
@@ -94,7 +102,7 @@ def load_weights(net: nn.Module, path: str | Path, key: str) -> None:
                 key,
                 f"{file} does not fit {type(net).__name__}: tensor {name!r} has shape {tuple(state[name].shape)} "
                 f"in the file and {tuple(tensor.shape)} in the network (a different width, input channels or "
-                f"number of classes; check dataset.num_classes and the network config)",
+                f"number of classes; check dataset.num_classes and {network}=)",
             )
     net.load_state_dict(state)
 

@@ -33,7 +33,7 @@ def evaluate(cfg: DictConfig) -> dict[str, Any]:
     student = None
     if student_file is not None:
         student = build_network(cfg.model, "model")
-        load_weights(student, student_file, "student_checkpoint")
+        load_weights(student, student_file, "student_checkpoint", "model")
     datamodule = build_datamodule(cfg)
     trainer = build_trainer(cfg, out, logger=False, callbacks=[], enable_checkpointing=False)
 

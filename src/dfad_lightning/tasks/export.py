@@ -44,7 +44,7 @@ def export(cfg: DictConfig) -> dict[str, Any]:
         raise ConfigError("student_checkpoint", "set it to the student.pt of a distillation run to export")
     out = prepare_output_dir(cfg)
     student = build_network(cfg.model, "model")
-    load_weights(student, cfg.student_checkpoint, "student_checkpoint")
+    load_weights(student, cfg.student_checkpoint, "student_checkpoint", "model")
     student.eval()
     size = as_size(OmegaConf.to_object(cfg.dataset.image_size))  # type: ignore[arg-type]
     example = torch.randn(2, int(cfg.dataset.channels), *size)

@@ -150,5 +150,5 @@ def load_teacher(cfg: DictConfig) -> tuple[nn.Module, Path]:
             f"`python train.py task=teacher {teacher_command_args(cfg)}`, then pass the {TEACHER_FILE} it "
             f"writes as teacher.checkpoint=PATH",
         )
-    load_weights(teacher, path, "teacher.checkpoint")
+    load_weights(teacher, path, "teacher.checkpoint", "teacher")
     return teacher, path

@@ -219,6 +219,13 @@ def test_export_needs_a_student(make_cfg):
         run(make_cfg("task=export"))
 
 
+def test_export_of_a_student_of_another_architecture_names_model(make_cfg, tmp_path):
+    checkpoint = tmp_path / "resnet20.pt"
+    torch.save(cifar_resnet(20).state_dict(), checkpoint)
+    with pytest.raises(ConfigError, match=r"^student_checkpoint: .*Set model= to the architecture .*conf/model/"):
+        run(make_cfg("task=export", f"student_checkpoint={checkpoint}"))
+
+
 def test_resume_picks_the_newest_of_last_and_slurm_requeue_checkpoints(tmp_path):
     import os
 

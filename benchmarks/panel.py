@@ -205,6 +205,7 @@ VARIANTS: dict[str, list[str]] = {
     # The warm-up at 3 and at 10 times the generator's learning rate (the recipe: its own rate).
     "robust_warmup_lr3": [*ROBUST, "system.generator_warmup_lr_scale=3"],
     "robust_warmup_lr10": [*ROBUST, "system.generator_warmup_lr_scale=10"],
+    "robust_ngf32": [*ROBUST, "generator.ngf=32"],  # a generator twice the panel's width
 }  # fmt: skip
 RUNNABLE = {**METHODS, **VARIANTS}
 

@@ -56,9 +56,10 @@ def test_every_run_of_the_panel_composes(make_cfg, tmp_path):
         teacher = [] if setting in panel.OWN_TEACHER else [f"teacher.checkpoint={tmp_path / 't.pt'}"]
         filled = [o.format(data=tmp_path, out=tmp_path) for o in [*dataset, *teacher, *panel.SIZE, *overrides]]
         cfg = make_cfg(*filled, tiny=False)
-        # The panel's size, but where a variant changes the batch on purpose (the same samples in smaller batches).
+        # The panel's size, but where a variant changes the batch or the generator's width on purpose.
         batch = next((int(o.split("=")[1]) for o in overrides if o.startswith("data.batch_size=")), 128)
-        assert cfg.data.batch_size == batch and cfg.generator.ngf == 16, (setting, method)
+        ngf = next((int(o.split("=")[1]) for o in overrides if o.startswith("generator.ngf=")), 16)
+        assert cfg.data.batch_size == batch and cfg.generator.ngf == ngf, (setting, method)
         assert cfg.data.batch_size * cfg.trainer.max_epochs == 128 * 6, (setting, method)  # the same samples
         assert cfg.recipe.name == ("robust" if "recipe=robust" in overrides else "paper"), (setting, method)
     assert make_cfg(*[o.format(data=tmp_path, out=tmp_path) for o in panel.GREY_IDX]).dataset.name == "idx"

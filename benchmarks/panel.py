@@ -205,7 +205,9 @@ VARIANTS: dict[str, list[str]] = {
     # The warm-up at 3 and at 10 times the generator's learning rate (the recipe: its own rate).
     "robust_warmup_lr3": [*ROBUST, "system.generator_warmup_lr_scale=3"],
     "robust_warmup_lr10": [*ROBUST, "system.generator_warmup_lr_scale=10"],
-    "robust_ngf32": [*ROBUST, "generator.ngf=32"],  # a generator twice the panel's width
+    # A generator twice and four times the panel's width (four times: the paper's, the generic datasets' default).
+    "robust_ngf32": [*ROBUST, "generator.ngf=32"],
+    "robust_ngf64": [*ROBUST, "generator.ngf=64"],
 }  # fmt: skip
 RUNNABLE = {**METHODS, **VARIANTS}
 

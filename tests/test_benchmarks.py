@@ -44,6 +44,11 @@ def load_panel():
     return module
 
 
+def own_value(overrides: list[str], key: str, default: int) -> int:
+    """The integer a run's ``overrides`` set ``key`` to, or ``default`` if they leave it."""
+    return next((int(o.split("=")[1]) for o in overrides if o.startswith(f"{key}=")), default)
+
+
 def test_every_run_of_the_panel_composes(make_cfg, tmp_path):
     # A setting's overrides (dataset, teacher) and a method's (method, recipe, system) touch
     # different groups, so every setting with the paper's game and the recipe, and every method
@@ -57,8 +62,7 @@ def test_every_run_of_the_panel_composes(make_cfg, tmp_path):
         filled = [o.format(data=tmp_path, out=tmp_path) for o in [*dataset, *teacher, *panel.SIZE, *overrides]]
         cfg = make_cfg(*filled, tiny=False)
         # The panel's size, but where a variant changes the batch or the generator's width on purpose.
-        batch = next((int(o.split("=")[1]) for o in overrides if o.startswith("data.batch_size=")), 128)
-        ngf = next((int(o.split("=")[1]) for o in overrides if o.startswith("generator.ngf=")), 16)
+        batch, ngf = own_value(overrides, "data.batch_size", 128), own_value(overrides, "generator.ngf", 16)
         assert cfg.data.batch_size == batch and cfg.generator.ngf == ngf, (setting, method)
         assert cfg.data.batch_size * cfg.trainer.max_epochs == 128 * 6, (setting, method)  # the same samples
         assert cfg.recipe.name == ("robust" if "recipe=robust" in overrides else "paper"), (setting, method)

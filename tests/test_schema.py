@@ -41,6 +41,8 @@ BAD = [
     ("dataset.image_size=[0,32]", "dataset.image_size", "[0, 32]"),
     ("dataset.num_classes=ten", "dataset.num_classes", "'ten'"),
     ("teacher.mean=[0.1,0.2]", "teacher.mean", "2 values for 1 image channels"),
+    ("dataset.channels=3", "dataset.mean", "1 values for 3 image channels (dataset.channels)"),
+    ("dataset.std=[0.5,0.5]", "dataset.std", "2 values for 1 image channels"),
     ("teacher.training.epochs=0", "teacher.training.epochs", "got 0"),
     ("loss=kl loss.discrepancy.temperature=0", "loss.discrepancy.temperature", "got 0"),
     ("callbacks.checkpoint.every_n_iterations=0", "callbacks.checkpoint.every_n_iterations", "got 0"),

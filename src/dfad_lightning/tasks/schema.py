@@ -204,11 +204,24 @@ def check_types(cfg: DictConfig, schema: Sequence[Rule] = SCHEMA) -> None:
         if value is not _ABSENT and not rule.fits(value):
             raise ConfigError(rule.key, f"must be {rule.allowed()}, got {_show(value)}")
     _check_devices(cfg)
+    _check_normalisation(cfg)
+
+
+def _check_normalisation(cfg: DictConfig) -> None:
+    """``teacher.mean`` and ``teacher.std``: one value per image channel (``dataset.channels``).
+
+    Both follow ``dataset.mean`` and ``dataset.std`` unless set, so the error names the key the
+    value came from: the one a user changes.
+    """
+    channels = OmegaConf.select(cfg, "dataset.channels")
     for key in ("mean", "std"):
         values = OmegaConf.select(cfg, f"teacher.{key}")
-        channels = OmegaConf.select(cfg, "dataset.channels")
         if isinstance(values, ListConfig) and _is_int(channels) and len(values) != channels:
-            raise ConfigError(f"teacher.{key}", f"has {len(values)} values for {channels} image channels")
+            follows = "teacher" in cfg and OmegaConf.is_interpolation(cfg.teacher, key)
+            raise ConfigError(
+                f"dataset.{key}" if follows else f"teacher.{key}",
+                f"has {len(values)} values for {channels} image channels (dataset.channels): give one per channel",
+            )
 
 
 def _check_devices(cfg: DictConfig) -> None:

@@ -188,6 +188,25 @@ def mnist(
 IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".bmp", ".ppm", ".gif", ".tif", ".tiff", ".webp"}
 
 
+class _ImageFiles(_Transformed):
+    """Base of the datasets of image files: ``samples`` of ``(path, label)``, read in ``mode`` ("L" or "RGB")."""
+
+    samples: list[tuple[Path, int]]
+    mode: str = "RGB"
+    to_tensor: v2.Compose
+
+    def __len__(self) -> int:
+        return len(self.samples)
+
+    def __getitem__(self, index: int) -> tuple[Tensor, int]:
+        from PIL import Image
+
+        path, label = self.samples[index]
+        with Image.open(path) as img:
+            image = self.to_tensor(img.convert(self.mode))
+        return self._finish(image), label
+
+
 def list_class_folders(root: Path, key: str) -> tuple[list[str], list[tuple[Path, int]]]:
     """The classes (sub-folder names, sorted) and every ``(image file, class index)`` under ``root``.
 
@@ -208,7 +227,7 @@ def list_class_folders(root: Path, key: str) -> tuple[list[str], list[tuple[Path
     return classes, samples
 
 
-class ImageFolderDataset(_Transformed):
+class ImageFolderDataset(_ImageFiles):
     """Images in one sub-folder per class (sorted names give the labels), torchvision's ``ImageFolder`` layout.
 
     With ``split`` set, only one part of the folder is read: the folder is split per class into a
@@ -252,17 +271,6 @@ class ImageFolderDataset(_Transformed):
         self.to_tensor = to_image_tensor(image_size)
         self.augment = augment
 
-    def __len__(self) -> int:
-        return len(self.samples)
-
-    def __getitem__(self, index: int) -> tuple[Tensor, int]:
-        from PIL import Image
-
-        path, label = self.samples[index]
-        with Image.open(path) as img:
-            image = self.to_tensor(img.convert(self.mode))
-        return self._finish(image), label
-
 
 class CIFAR(_Transformed):
     """CIFAR-10 or CIFAR-100 in torchvision's layout (``cifar-10-batches-py`` / ``cifar-100-python`` under ``root``).
@@ -300,7 +308,7 @@ class CIFAR(_Transformed):
         return self._finish(self.to_tensor(image)), int(label)
 
 
-class Caltech101(_Transformed):
+class Caltech101(_ImageFiles):
     """Caltech101 (``101_ObjectCategories``) with a seeded, disjoint train/test split kept on disk.
 
     The first time a split is asked for, it is drawn per class with ``split_seed`` (a fraction
@@ -353,17 +361,6 @@ class Caltech101(_Transformed):
         ]
         self.to_tensor = to_image_tensor(image_size)
         self.augment = augment
-
-    def __len__(self) -> int:
-        return len(self.samples)
-
-    def __getitem__(self, index: int) -> tuple[Tensor, int]:
-        from PIL import Image
-
-        path, label = self.samples[index]
-        with Image.open(path) as img:
-            image = self.to_tensor(img.convert("RGB"))
-        return self._finish(image), label
 
 
 def load_or_make_split(

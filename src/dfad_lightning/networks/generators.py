@@ -1,8 +1,8 @@
 """The DFAD generators of the paper's Table 4.
 
 Both map a latent batch ``z`` of shape ``(B, nz)`` to images of shape ``(B, channels, H, W)``
-in the normalised input space of the teacher. Layouts follow the authors' released code (see
-``../shared/reference/official-dfad.md``).
+in the normalised input space of the teacher. Layouts follow the authors' released code
+(github.com/VainF/Data-Free-Adversarial-Distillation).
 """
 
 from __future__ import annotations

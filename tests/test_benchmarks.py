@@ -45,8 +45,8 @@ def load_panel():
 
 
 def own_value(overrides: list[str], key: str, default: int) -> int:
-    """The integer a run's ``overrides`` set ``key`` to, or ``default`` if they leave it."""
-    return next((int(o.split("=")[1]) for o in overrides if o.startswith(f"{key}=")), default)
+    """The integer a run's ``overrides`` set ``key`` to (the last one wins, as in Hydra), or ``default``."""
+    return next((int(o.split("=")[1]) for o in reversed(overrides) if o.startswith(f"{key}=")), default)
 
 
 def test_every_run_of_the_panel_composes(make_cfg, tmp_path):

@@ -10,9 +10,10 @@ check of unset values.
 
 from __future__ import annotations
 
+import re
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from typing import Any, get_args
+from typing import Any, cast, get_args
 
 from lightning.fabric.connector import (  # type: ignore[attr-defined]
     _PRECISION_INPUT_INT,
@@ -211,15 +212,17 @@ def _check_normalisation(cfg: DictConfig) -> None:
     """``teacher.mean`` and ``teacher.std``: one value per image channel (``dataset.channels``).
 
     Both follow ``dataset.mean`` and ``dataset.std`` unless set, so the error names the key the
-    value came from: the one a user changes.
+    value came from (the one a user changes): the key a ``${...}`` value refers to, else the
+    teacher's own.
     """
     channels = OmegaConf.select(cfg, "dataset.channels")
     for key in ("mean", "std"):
         values = OmegaConf.select(cfg, f"teacher.{key}")
         if isinstance(values, ListConfig) and _is_int(channels) and len(values) != channels:
-            follows = "teacher" in cfg and OmegaConf.is_interpolation(cfg.teacher, key)
+            raw = cast(dict[str, Any], OmegaConf.to_container(cfg.teacher, resolve=False))[key]
+            source = re.fullmatch(r"\$\{([\w.]+)\}", raw) if isinstance(raw, str) else None
             raise ConfigError(
-                f"dataset.{key}" if follows else f"teacher.{key}",
+                source.group(1) if source else f"teacher.{key}",
                 f"has {len(values)} values for {channels} image channels (dataset.channels): give one per channel",
             )
 

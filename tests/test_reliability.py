@@ -15,6 +15,7 @@ from test_dfad import make_datamodule, make_system
 
 from dfad_lightning.callbacks import LastCheckpoint
 from dfad_lightning.errors import ConfigError, NonFiniteLossError
+from dfad_lightning.metrics import check_class_labels
 from dfad_lightning.networks import LeNet5, cifar_resnet
 from dfad_lightning.systems import DFAD
 from dfad_lightning.tasks import run
@@ -100,6 +101,29 @@ def test_bad_input_fails_before_training_naming_the_key(make_cfg, overrides, key
     with pytest.raises(ConfigError) as err:
         run(make_cfg(*overrides))
     assert str(err.value).startswith(f"{key}") and text in str(err.value)
+
+
+def test_class_labels_beyond_the_outputs_name_num_classes():
+    logits = torch.zeros(3, 7)
+    check_class_labels(logits, torch.tensor([0, 3, 6]))  # every label has an output
+    check_class_labels(torch.zeros(2, 7, 4, 4), torch.full((2, 4, 4), 7))  # masks: void is the datasets' job
+    for labels, bad in (([0, 7, 2], 7), ([0, -1, 2], -1)):
+        with pytest.raises(ConfigError, match=rf"^dataset\.num_classes: is 7, but the data has the class label {bad}"):
+            check_class_labels(logits, torch.tensor(labels))
+
+
+def test_training_a_teacher_with_too_few_classes_names_num_classes(make_cfg):
+    """It used to stop in the cross-entropy with ``IndexError: Target 9 is out of bounds``."""
+    with pytest.raises(ConfigError, match=r"^dataset\.num_classes: is 7, but the data has the class label [789]"):
+        run(make_cfg("task=teacher", "dataset.num_classes=7"))
+
+
+def test_evaluating_on_labels_the_teacher_has_no_output_for_names_num_classes(make_cfg, tmp_path):
+    """A 7-class teacher on 10-class data: torchmetrics would count the extra labels as misses silently."""
+    teacher = tmp_path / "seven.pt"
+    torch.save(LeNet5(1, 7).state_dict(), teacher)
+    with pytest.raises(ConfigError, match=r"^dataset\.num_classes: is 7, but the data has the class label [789]"):
+        run(make_cfg(f"teacher.checkpoint={teacher}", "dataset.num_classes=7"))
 
 
 @pytest.mark.parametrize("override", ["loss=nonsense", "dataset=nonsense", "model=nonsense"])

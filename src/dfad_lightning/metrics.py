@@ -8,6 +8,36 @@ import torch
 from torch import Tensor
 from torchmetrics.classification import MulticlassConfusionMatrix
 
+from dfad_lightning.errors import ConfigError
+
+
+def check_class_labels(outputs: Tensor, target: Tensor) -> None:
+    """Fail with a message naming ``dataset.num_classes`` if a class label has no output.
+
+    Without this a label beyond the network's outputs stops teacher training with an
+    ``IndexError`` deep in the loss, and torchmetrics' accuracy counts it as a miss without a word.
+    Only one label per sample (classification) is checked: segmentation datasets map every mask
+    value beyond the classes to the void label themselves.
+
+    Args:
+        outputs: Logits ``(B, C)``; ``C`` is ``dataset.num_classes``.
+        target: Class indices ``(B,)``.
+
+    Raises:
+        ConfigError: A label is negative or at least ``C``.
+    """
+    if outputs.dim() != 2 or target.dim() != 1:
+        return
+    classes = outputs.shape[1]
+    low, high = int(target.min()), int(target.max())
+    if low < 0 or high >= classes:
+        bad = low if low < 0 else high
+        raise ConfigError(
+            "dataset.num_classes",
+            f"is {classes}, but the data has the class label {bad} (labels must be 0 to {classes - 1}); "
+            f"set it to the number of classes of the data (the teacher must have as many outputs)",
+        )
+
 
 class MeanIoU(MulticlassConfusionMatrix):
     """Mean intersection over union of predicted masks, over the classes that occur.

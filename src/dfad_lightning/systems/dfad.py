@@ -22,6 +22,7 @@ from torchmetrics import Metric
 
 from dfad_lightning import losses
 from dfad_lightning.errors import ConfigError, NonFiniteLossError
+from dfad_lightning.metrics import check_class_labels
 from dfad_lightning.networks.generators import ScaleShift
 from dfad_lightning.systems.augment import random_shift
 from dfad_lightning.systems.memory import ReplayMemory
@@ -733,9 +734,11 @@ class DFAD(LightningModule):
     def validation_step(self, batch: tuple[Tensor, Tensor], batch_idx: int) -> None:
         """Update the evaluation metric with one real batch ``(x, target)``."""
         x, target = batch
-        self.student_metric.update(self.final_student(x), target)
-        if self._measure_teacher:
+        outputs = self.final_student(x)
+        if self._measure_teacher:  # the first evaluation: check the labels once
+            check_class_labels(outputs, target)
             self.teacher_metric.update(self.teacher(x), target)
+        self.student_metric.update(outputs, target)
 
     def on_validation_epoch_end(self) -> None:
         """Log the student's score, the best so far, and the teacher's score."""

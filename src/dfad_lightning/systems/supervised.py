@@ -10,6 +10,7 @@ from lightning import LightningModule
 from torch import Tensor, nn
 from torchmetrics import Metric
 
+from dfad_lightning.metrics import check_class_labels
 from dfad_lightning.systems.dfad import OptimizerFactory, SchedulerFactory
 
 
@@ -55,14 +56,19 @@ class Supervised(LightningModule):
     def training_step(self, batch: tuple[Tensor, Tensor], batch_idx: int) -> Tensor:
         """Cross-entropy (or the configured loss) on one labelled batch."""
         x, target = batch
-        loss = self.loss(self.net(x), target)
+        outputs = self.net(x)
+        if self.current_epoch == 0:  # the first pass sees every label; later ones the same again
+            check_class_labels(outputs, target)
+        loss = self.loss(outputs, target)
         self.log("train/loss", loss, prog_bar=True)
         return loss
 
     def validation_step(self, batch: tuple[Tensor, Tensor], batch_idx: int) -> None:
         """Update the metric with one real batch."""
         x, target = batch
-        self.metric.update(self.net(x), target)
+        outputs = self.net(x)
+        check_class_labels(outputs, target)
+        self.metric.update(outputs, target)
 
     def on_validation_epoch_end(self) -> None:
         """Log the metric over the whole evaluation split."""

@@ -243,6 +243,14 @@ def test_student_minibatches_take_the_whole_sample_between_them():
     assert make_system()._minibatches(x, out) == [(x, out)]  # one: the whole batch, as the paper
 
 
+def test_minibatches_too_small_for_batchnorm_are_refused_at_the_first_iteration_not_after_the_warmup(tmp_path):
+    # The tests' batch of 8 in 5 parts: some of 1 sample.
+    system = make_system(student_minibatches=5, generator_warmup=0.5, balance=5.0)
+    with pytest.raises(ConfigError, match=r"^system\.student_minibatches: 5 minibatches of a batch of 8 .*batch_size"):
+        fit(system, tmp_path, epochs=1)
+    assert system.trainer.global_step == 0  # not one warm-up step was spent first
+
+
 def with_batchnorm(**kwargs) -> DFAD:
     """The tests' system with a teacher that has BatchNorm layers (a ResNet-8)."""
     from dfad_lightning.networks import GeneratorA, cifar_resnet, lenet5_half

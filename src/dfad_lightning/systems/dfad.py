@@ -499,6 +499,7 @@ class DFAD(LightningModule):
         opt_s, opt_g = cast(list[LightningOptimizer], self.optimizers())
         if self._auto_minibatches:
             self.student_minibatches = auto_minibatches(z.shape[1])
+        self._check_minibatches(z.shape[1])  # at the first iteration, not a warm-up later
         if self._warming_up(batch_idx):
             self._warmup_step(z[-1], opt_g)
             return
@@ -568,21 +569,25 @@ class DFAD(LightningModule):
         self._guard(loss_g.new_empty(0), loss_g.detach())
         self.log("train/loss_warmup", loss_g.detach(), prog_bar=True)
 
-    def _minibatches(self, x: Tensor, teacher_out: Tensor) -> list[tuple[Tensor, Tensor]]:
-        """``x`` and the teacher's outputs on it in ``student_minibatches`` parts of (nearly) equal size.
+    def _check_minibatches(self, batch_size: int) -> None:
+        """Refuse ``student_minibatches`` parts that would hold fewer than 2 samples each.
 
         Raises:
             ConfigError: A part would hold fewer than 2 samples (the student's BatchNorm needs 2).
         """
         parts = self.student_minibatches
-        if parts == 1:
-            return [(x, teacher_out)]
-        if len(x) < 2 * parts:
+        if parts > 1 and batch_size < 2 * parts:
             raise ConfigError(
                 "system.student_minibatches",
-                f"{parts} minibatches of a batch of {len(x)} leave fewer than 2 samples in each "
+                f"{parts} minibatches of a batch of {batch_size} leave fewer than 2 samples in each "
                 "(BatchNorm needs 2): lower it, or raise data.batch_size",
             )
+
+    def _minibatches(self, x: Tensor, teacher_out: Tensor) -> list[tuple[Tensor, Tensor]]:
+        """``x`` and the teacher's outputs on it in ``student_minibatches`` parts of (nearly) equal size."""
+        parts = self.student_minibatches
+        if parts == 1:
+            return [(x, teacher_out)]
         return list(zip(x.tensor_split(parts), teacher_out.tensor_split(parts), strict=True))
 
     def _replayed(self, x: Tensor, teacher_out: Tensor) -> tuple[Tensor, Tensor]:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import logging
 import math
+import re
 import shutil
 
 import lightning as L
@@ -13,6 +14,7 @@ import torch
 from hydra.errors import ConfigCompositionException
 from test_dfad import make_datamodule, make_system
 
+from dfad_lightning import tasks
 from dfad_lightning.callbacks import LastCheckpoint
 from dfad_lightning.errors import ConfigError, NonFiniteLossError
 from dfad_lightning.metrics import check_class_labels
@@ -124,6 +126,41 @@ def test_evaluating_on_labels_the_teacher_has_no_output_for_names_num_classes(ma
     torch.save(LeNet5(1, 7).state_dict(), teacher)
     with pytest.raises(ConfigError, match=r"^dataset\.num_classes: is 7, but the data has the class label [789]"):
         run(make_cfg(f"teacher.checkpoint={teacher}", "dataset.num_classes=7"))
+
+
+@pytest.mark.parametrize(
+    ("task", "key", "value"),
+    [
+        ("distill", "data.batch_size", 16),
+        ("teacher", "teacher.training.batch_size", 64),
+        ("eval", "data.eval_batch_size", 256),
+    ],
+)
+@pytest.mark.parametrize(
+    "fault",
+    [
+        torch.OutOfMemoryError("CUDA out of memory. Tried to allocate 2.00 GiB"),
+        RuntimeError("[enforce fail at alloc_cpu.cpp:127] DefaultCPUAllocator: can't allocate memory: you tried to..."),
+    ],
+)
+def test_out_of_memory_names_the_batch_size_of_the_task(make_cfg, monkeypatch, task, key, value, fault):
+    def runs_out(cfg):
+        raise fault
+
+    monkeypatch.setitem(tasks.TASKS, task, runs_out)
+    with pytest.raises(
+        ConfigError, match=rf"^{re.escape(key)}: the run ran out of memory with it at {value} \(.*\): lower it"
+    ):
+        run(make_cfg(f"task={task}", "teacher.checkpoint=/t.pt"))
+
+
+def test_other_runtime_errors_are_not_taken_for_memory(make_cfg, monkeypatch):
+    def fails(cfg):
+        raise RuntimeError("expected scalar type Float but found Half")
+
+    monkeypatch.setitem(tasks.TASKS, "distill", fails)
+    with pytest.raises(RuntimeError, match="expected scalar type"):
+        run(make_cfg())
 
 
 @pytest.mark.parametrize("override", ["loss=nonsense", "dataset=nonsense", "model=nonsense"])

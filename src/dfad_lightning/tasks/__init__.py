@@ -7,6 +7,7 @@ import sys
 from collections.abc import Callable
 from typing import Any
 
+import torch
 from hydra.core.hydra_config import HydraConfig
 from hydra.types import RunMode
 from omegaconf import DictConfig, OmegaConf
@@ -55,7 +56,25 @@ def run(cfg: DictConfig) -> dict[str, Any]:
     if cfg.task not in TASKS:
         raise ConfigError("task", f"must be one of {', '.join(TASKS)}, got {cfg.task!r}")
     check_types(cfg)
-    return TASKS[cfg.task](cfg)
+    try:
+        return TASKS[cfg.task](cfg)
+    except RuntimeError as err:  # torch.OutOfMemoryError (CUDA) is one too
+        if not out_of_memory(err):
+            raise
+        key = BATCH_KEYS.get(cfg.task, "data.batch_size")
+        raise ConfigError(
+            key,
+            f"the run ran out of memory with it at {OmegaConf.select(cfg, key)} ({str(err).splitlines()[0]}): lower it",
+        ) from err
+
+
+# The batch size that decides a task's memory (evaluation's is data.eval_batch_size).
+BATCH_KEYS = {"distill": "data.batch_size", "teacher": "teacher.training.batch_size", "eval": "data.eval_batch_size"}
+
+
+def out_of_memory(err: BaseException) -> bool:
+    """Whether ``err`` is an allocation failure: on a GPU, or of the CPU allocator."""
+    return isinstance(err, torch.OutOfMemoryError) or "can't allocate memory" in str(err)
 
 
 def main(cfg: DictConfig) -> float | None:

@@ -11,6 +11,7 @@ from PIL import Image
 
 from dfad_lightning.data.images import CIFAR, Caltech101, IDXDataset, ImageFolderDataset, mnist, read_idx, write_idx
 from dfad_lightning.errors import ConfigError
+from dfad_lightning.tasks import run
 
 
 def fake_mnist(folder, n=6, gz=True):
@@ -48,6 +49,21 @@ def test_idx_dataset_refuses_mismatched_files(tmp_path):
     write_idx(tmp_path / "y.gz", np.zeros(2, np.uint8))
     with pytest.raises(ConfigError, match=r"3 images but .* 2 labels"):
         IDXDataset(tmp_path / "x.gz", tmp_path / "y.gz", key="dataset.files")
+
+
+def test_a_missing_idx_file_names_its_own_key(tmp_path, make_cfg):
+    """``dataset=idx`` takes four files: the message names the one that is missing, by its key."""
+    fake_mnist(tmp_path)
+    files = {
+        "train_images": tmp_path / "train-images-idx3-ubyte.gz",
+        "train_labels": tmp_path / "train-labels-idx1-ubyte.gz",
+        "test_images": tmp_path / "t10k-images-idx3-ubyte.gz",
+        "test_labels": tmp_path / "nowhere" / "labels.gz",
+    }
+    overrides = [f"dataset.files.{k}={v}" for k, v in files.items()]
+    cfg = make_cfg("task=teacher", "dataset=idx", "dataset.num_classes=10", *overrides)
+    with pytest.raises(ConfigError, match=r"^dataset\.files\.test_labels: no file at .*nowhere/labels\.gz$"):
+        run(cfg)
 
 
 def fake_folder(root, classes, per_class=3, size=(20, 24)):

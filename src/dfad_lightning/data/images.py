@@ -116,7 +116,7 @@ class IDXDataset(_Transformed):
         labels: IDX file of ``N`` integer labels.
         image_size: Output side or ``(height, width)``; ``None`` keeps the files' size.
         augment: Optional transform of each ``[0, 1]`` image tensor (for training a teacher).
-        key: Config key named in errors.
+        key: Config key named in errors: one for both files, or the keys of ``images`` and ``labels``.
     """
 
     def __init__(
@@ -125,10 +125,12 @@ class IDXDataset(_Transformed):
         labels: str | Path,
         image_size: int | Sequence[int] | None = None,
         augment: Transform | None = None,
-        key: str = "dataset",
+        key: str | Sequence[str] = "dataset",
     ) -> None:
-        for path in (Path(images), Path(labels)):
-            require_files(path.parent, [path.name], key)
+        image_key, label_key = (key, key) if isinstance(key, str) else key
+        for path, path_key in ((Path(images), image_key), (Path(labels), label_key)):
+            if not path.is_file():
+                raise ConfigError(path_key, f"no file at {path}")
         pixels = torch.from_numpy(read_idx(images).copy())
         pixels = pixels.unsqueeze(1) if pixels.ndim == 3 else pixels.permute(0, 3, 1, 2)
         self.images = pixels.float().div_(255.0)
@@ -136,7 +138,9 @@ class IDXDataset(_Transformed):
             self.images = F.interpolate(self.images, size=as_size(image_size), mode="bilinear", align_corners=False)
         self.targets = torch.from_numpy(read_idx(labels).astype(np.int64))
         if len(self.targets) != len(self.images):
-            raise ConfigError(key, f"{images} holds {len(self.images)} images but {labels} {len(self.targets)} labels")
+            raise ConfigError(
+                label_key, f"{images} holds {len(self.images)} images but {labels} {len(self.targets)} labels"
+            )
         self.augment = augment
 
     def __len__(self) -> int:

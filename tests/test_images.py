@@ -91,6 +91,14 @@ def test_image_folder_without_class_folders_is_refused(tmp_path):
         ImageFolderDataset(tmp_path / "empty")
 
 
+def test_dataset_image_folder_names_dataset_root_the_key_the_user_set(tmp_path, make_cfg):
+    (tmp_path / "train" / "cat").mkdir(parents=True)  # a class folder without images
+    cfg = make_cfg("task=teacher", "dataset=image_folder", f"dataset.root={tmp_path}", "dataset.image_size=[32,32]",
+                   "dataset.num_classes=2")  # fmt: skip
+    with pytest.raises(ConfigError, match=r"^dataset\.root: .*train holds no images in class sub-folders"):
+        run(cfg)
+
+
 def test_missing_cifar_suggests_download(tmp_path):
     with pytest.raises(ConfigError, match=r"cifar-10-batches-py.*dataset\.download=true"):
         CIFAR(tmp_path, "test")

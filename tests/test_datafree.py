@@ -80,6 +80,12 @@ def test_the_checkpoint_keeps_what_the_probe_selects(make_cfg, recipe, monitor, 
     assert (mine.datafree_best.monitor, mine.datafree_best.mode) == ("val_datafree/latest_agreement", "max")
 
 
+def test_a_monitor_the_probe_does_not_measure_names_the_key_and_the_choices(make_cfg):
+    """It used to end in Lightning's MisconfigurationException traceback from the checkpoint callback."""
+    with pytest.raises(ConfigError, match=r"^callbacks\.datafree\.monitor: is 'accuracy', .*latest_mae, mae, noise_"):
+        run(make_cfg("callbacks.datafree.monitor=accuracy"))
+
+
 def test_the_probe_can_be_turned_off_with_its_selection(make_cfg):
     with pytest.raises(ConfigError, match=r"^callbacks\.datafree_best: .*callbacks\.datafree_best=null"):
         run(make_cfg("callbacks.datafree=null"))

@@ -10,6 +10,7 @@ import torch
 from lightning import Callback, LightningModule, Trainer
 from torch import Tensor, nn
 
+from dfad_lightning.errors import ConfigError
 from dfad_lightning.files import save_atomic
 from dfad_lightning.losses import per_channel
 from dfad_lightning.systems import DFAD
@@ -237,6 +238,11 @@ class DataFreeProbe(Callback):
         gap = self.batchnorm_gap(pl_module, latest)
         if gap is not None:
             values["latest_bn_gap"] = gap
+        if self.monitor not in values:  # the first epoch's end: the names depend on the module's fidelity hook
+            raise ConfigError(
+                "callbacks.datafree.monitor",
+                f"is {self.monitor!r}, which the probe does not measure; choose one of {', '.join(sorted(values))}",
+            )
         pl_module.log_dict({f"val_datafree/{k}": v for k, v in values.items()})
         # The real score of this epoch, where the run has real data (to measure the signal).
         real = trainer.callback_metrics.get(f"val/{getattr(pl_module, 'metric_name', '')}")

@@ -11,7 +11,7 @@ import pytest
 import torch
 from conftest import ROOT, TINY
 
-from dfad_lightning.errors import ConfigError
+from dfad_lightning.errors import ConfigError, RunInterrupted
 from dfad_lightning.networks import lenet5_half
 from dfad_lightning.tasks import run
 
@@ -96,6 +96,22 @@ def test_the_embedded_teacher_is_the_same_whatever_the_thread_count(tmp_path):
         torch.set_num_threads(before)
     assert len(list(tmp_path.glob("*/teachers/*.pt"))) == 2  # trained twice, not read back from a cache
     assert all(torch.equal(weights[0][k], weights[1][k]) for k in weights[0])
+
+
+def test_a_stop_while_the_embedded_teacher_trains_says_to_start_over(tmp_path, monkeypatch):
+    """Its training folder is temporary and keeps no checkpoint: "Resume with ... ckpt_path=last" would fail."""
+    from conftest import compose_config
+
+    from dfad_lightning.tasks import teacher
+
+    def stopped(cfg, out, **kwargs):
+        raise RunInterrupted(f"stopped by a signal after saving {out}/checkpoints/last.ckpt. Resume with: ...")
+
+    monkeypatch.setattr(teacher, "fit_teacher", stopped)
+    cfg = compose_config(TINY, tmp_path / "run", tmp_path / "cache")
+    with pytest.raises(RunInterrupted, match=r"^stopped by a signal while training the digits teacher .*start over$"):
+        teacher.cached_teacher(cfg)
+    assert list((tmp_path / "cache" / "teachers").iterdir()) == []  # no teacher cached, no folder left behind
 
 
 def test_missing_teacher_says_which_key_to_set_and_how_to_train_one(make_cfg):

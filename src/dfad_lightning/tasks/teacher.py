@@ -18,7 +18,7 @@ from lightning import Callback
 from omegaconf import DictConfig, OmegaConf
 from torch import nn
 
-from dfad_lightning.errors import ConfigError
+from dfad_lightning.errors import ConfigError, RunInterrupted
 from dfad_lightning.files import save_atomic, write_json_atomic
 from dfad_lightning.tasks.build import build_callbacks, build_network, build_supervised, build_trainer
 from dfad_lightning.tasks.outputs import RESULTS, fit_resumable, prepare_output_dir, resolve_ckpt_path
@@ -107,6 +107,11 @@ def cached_teacher(cfg: DictConfig) -> Path:
             net, score = fit_teacher(
                 cfg, Path(tmp), callbacks=[], logger=False, enable_checkpointing=False, deterministic=True
             )
+    except RunInterrupted:  # its folder is temporary and keeps no checkpoint: nothing to resume
+        raise RunInterrupted(
+            f"stopped by a signal while training the {cfg.dataset.name} teacher to cache (nothing was saved); "
+            "run the same command again to start over"
+        ) from None
     finally:  # the distillation after it runs as its own config says
         torch.set_num_threads(threads)
         torch.use_deterministic_algorithms(deterministic)

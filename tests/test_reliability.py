@@ -11,6 +11,7 @@ import shutil
 import lightning as L
 import pytest
 import torch
+from conftest import TINY
 from hydra.errors import ConfigCompositionException
 from test_dfad import make_datamodule, make_system
 
@@ -196,6 +197,25 @@ def test_a_run_refuses_to_resume_with_another_teacher_or_input_affine(make_cfg, 
         run(make_cfg("ckpt_path=last", *change(tmp_path), output_dir=killed))
     checkpoint = torch.load(first / "checkpoints" / "last.ckpt", weights_only=True)
     assert checkpoint["dfad_teacher"]["path"] == results["teacher_checkpoint"]
+
+
+@pytest.mark.parametrize(
+    ("change", "detail"),
+    [("generator.ngf=4", "size mismatch for generator"), ("recipe=paper", 'Unexpected key.*"student_ema')],
+)
+def test_resuming_with_other_networks_or_options_names_the_options_of_the_first_start(
+    make_cfg, tmp_path, change, detail
+):
+    """It used to end in torch's load_state_dict traceback."""
+    first = tmp_path / "first"
+    run(make_cfg("seed=3", output_dir=first))
+    killed = tmp_path / "killed"  # as a killed run leaves it: its checkpoints and its record of the config
+    for folder in ("checkpoints", ".hydra"):
+        shutil.copytree(first / folder, killed / folder)
+    message = rf"^ckpt_path: .*last\.ckpt was saved by a run with other networks or options \({detail}"
+    with pytest.raises(ConfigError, match=message) as err:
+        run(make_cfg("ckpt_path=last", change, output_dir=killed))
+    assert str(err.value).endswith(": " + " ".join([*TINY, "seed=3"]))  # the overrides of the first start
 
 
 def test_ckpt_path_auto_starts_fresh_then_resumes(make_cfg, tmp_path):

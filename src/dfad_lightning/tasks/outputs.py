@@ -122,6 +122,7 @@ def fit_resumable(
 
     Raises:
         RunInterrupted: The run saved its last checkpoint and stopped; it can be resumed.
+        ConfigError: The checkpoint's weights do not fit this run's networks and options.
     """
     try:
         trainer.fit(module, datamodule=datamodule, ckpt_path=ckpt_path)
@@ -130,3 +131,22 @@ def fit_resumable(
             f"stopped by a signal after saving {out / LAST_CHECKPOINT}. Resume with: "
             f"python train.py hydra.run.dir={out} ckpt_path=last (and the same overrides)"
         ) from None
+    except RuntimeError as err:  # torch's load_state_dict: another architecture, width or stabiliser
+        if ckpt_path is None or "Error(s) in loading state_dict" not in str(err):
+            raise
+        first = str(err).splitlines()[1].strip()[:200]
+        raise ConfigError(
+            "ckpt_path",
+            f"{ckpt_path} was saved by a run with other networks or options ({first}); "
+            f"resume with the options it was started with{started_with(ckpt_path)}",
+        ) from None
+
+
+def started_with(checkpoint: Path) -> str:
+    """``": <overrides>"`` as the run that wrote ``checkpoint`` recorded them, or ``""`` if it did not."""
+    for run_dir in (checkpoint.parent, checkpoint.parent.parent):  # checkpoints/last.ckpt or hpc_ckpt_N.ckpt
+        record = run_dir / ".hydra" / "overrides.yaml"
+        if record.is_file():
+            overrides = [str(o) for o in OmegaConf.load(record)]
+            return f": {' '.join(overrides)}" if overrides else " (no overrides)"
+    return ""

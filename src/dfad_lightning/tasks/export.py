@@ -86,8 +86,9 @@ def export(cfg: DictConfig) -> dict[str, Any]:
     }
     write_json_atomic(results, out / RESULTS)
     print(f"\nExported to {out}:")
+    width = max(map(len, files))
     for name, path in files.items():
-        print(f"  {name:12s} {path.name:24s} max |difference| from the module: {differences[name]:.2e}")
+        print(f"  {name:{width}s} {path.name:24s} max |difference| from the module: {differences[name]:.2e}")
     return results
 
 

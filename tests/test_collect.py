@@ -57,6 +57,19 @@ def test_runs_with_the_same_overrides_but_a_changed_config_are_not_averaged(swee
     assert len(labels) == 2 and any("system.student_optimizer.lr=0.123" in label for label in labels), labels
 
 
+def test_runs_without_results_are_named_below_the_table(sweep, tmp_path, capsys):
+    """A sweep whose job failed, or a run that was stopped, must not read as complete."""
+    (sweep / "failed").mkdir()
+    (sweep / "failed" / "train.log").write_text("data.batch_size: must be ... got 1\n")
+    shutil.copytree(sweep / "mae0_16" / "checkpoints", sweep / "stopped" / "checkpoints")
+    main([str(sweep), "--out", str(tmp_path / "report"), "--no-figures"])
+    last = (tmp_path / "report" / "results.md").read_text().splitlines()[-1]
+    assert last.startswith("Not in the table: 2 run directories without results.json") and "ckpt_path=last" in last
+    assert last.endswith(f"{sweep / 'failed'}, {sweep / 'stopped'}") and last in capsys.readouterr().out
+    with pytest.raises(SystemExit, match=r"no finished distillation run .*\nNot in the table: 1 run directory"):
+        collect([sweep / "failed"], tmp_path / "nothing")
+
+
 def test_the_collector_says_when_there_is_nothing_to_collect(tmp_path):
     with pytest.raises(SystemExit, match="no finished distillation run"):
         collect([tmp_path], tmp_path / "report")

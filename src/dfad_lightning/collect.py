@@ -15,6 +15,9 @@ on the test set), the final student/teacher ratio, and the wall time. Figures (P
   ``data.batch_size`` (the paper's Fig. 7), one line per value of the other overrides;
 - ``samples.png``: the last picture of generated samples beside real images of each setting
   (the paper's Fig. 3).
+
+Run directories without a ``results.json`` (a failed sweep job, a stopped run) are listed below
+the table.
 """
 
 from __future__ import annotations
@@ -65,6 +68,22 @@ def find_runs(roots: Iterable[Path]) -> list[Run]:
     for run in runs:
         run.curve = read_curve(run)
     return runs
+
+
+def find_unfinished(roots: Iterable[Path]) -> list[Path]:
+    """Run directories under ``roots`` without a ``results.json``: failed, stopped, or still running.
+
+    A run directory is one that holds Hydra's ``train.log``, the run's ``.hydra/`` record or its
+    ``checkpoints/``; a sweep's job that failed before training holds only the log.
+    """
+    found = {
+        marker.parent
+        for root in roots
+        for name in ("train.log", ".hydra", "checkpoints")
+        for marker in Path(root).rglob(name)
+        if not (marker.parent / "results.json").exists()
+    }
+    return sorted(found)
 
 
 def read_overrides(run_dir: Path) -> dict[str, str]:
@@ -321,19 +340,35 @@ def collect(roots: Sequence[Path], out: Path, x: str | None = None, figures: boo
     Raises:
         SystemExit: No finished run was found.
     """
-    runs = find_runs(roots)
+    runs, unfinished = find_runs(roots), find_unfinished(roots)
     if not runs:
-        raise SystemExit(f"no finished distillation run (results.json) under {', '.join(map(str, roots))}")
+        raise SystemExit(
+            f"no finished distillation run (results.json) under {', '.join(map(str, roots))}{_left_out(unfinished)}"
+        )
     tell_apart_changed_configs(runs)
     common = take_out_shared(runs, keep=[x] if x else [])
     rows = table(runs)
     write_table(rows, out, common)
+    if unfinished:  # a sweep with a failed job must not read as complete
+        with open(out / "results.md", "a") as f:
+            f.write(_left_out(unfinished).lstrip() + "\n")
     if figures:
         plot_curves(runs, out)
         plot_samples(runs, out)
         if x is not None:
             plot_final_vs(runs, x, out)
     return rows
+
+
+def _left_out(unfinished: Sequence[Path]) -> str:
+    """The sentence that lists the run directories left out for want of a ``results.json``."""
+    if not unfinished:
+        return ""
+    return (
+        f"\nNot in the table: {len(unfinished)} run director{'y' if len(unfinished) == 1 else 'ies'} without "
+        f"results.json (failed, stopped or still running; see its train.log, and resume a stopped run with "
+        f"ckpt_path=last): {', '.join(map(str, unfinished))}"
+    )
 
 
 def main(argv: Sequence[str] | None = None) -> None:

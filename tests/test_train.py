@@ -114,6 +114,18 @@ def test_a_stop_while_the_embedded_teacher_trains_says_to_start_over(tmp_path, m
     assert list((tmp_path / "cache" / "teachers").iterdir()) == []  # no teacher cached, no folder left behind
 
 
+@pytest.mark.parametrize("task", ["teacher", "distill"])  # distill: the embedded default trains its teacher first
+def test_a_teacher_batch_larger_than_its_data_is_refused_not_left_untrained(make_cfg, task):
+    """It used to save an untrained teacher (scored nan) and, for the embedded default, cache it."""
+    from dfad_lightning.tasks.teacher import teacher_fingerprint
+
+    cfg = make_cfg(f"task={task}", "teacher.training.batch_size=5000")
+    with pytest.raises(ConfigError, match=r"^teacher\.training\.batch_size: is 5000, but the training split holds"):
+        run(cfg)
+    cached = Path(cfg.paths.cache_dir) / "teachers" / f"digits-{teacher_fingerprint(cfg)}.pt"
+    assert not cached.exists() and not list(Path(cfg.paths.output_dir).rglob("*.pt"))
+
+
 def test_missing_teacher_says_which_key_to_set_and_how_to_train_one(make_cfg):
     with pytest.raises(ConfigError, match=r"teacher\.checkpoint.*python train\.py task=teacher dataset=digits"):
         run(make_cfg("dataset.auto_teacher=false"))

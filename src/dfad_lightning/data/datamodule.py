@@ -199,7 +199,18 @@ class SupervisedDataModule(LightningDataModule):
                 self.datasets[split] = Normalized(factory(), self.mean, self.std)
 
     def train_dataloader(self) -> DataLoader[Any]:
-        """The training split, reshuffled every epoch."""
+        """The training split, reshuffled every epoch.
+
+        Raises:
+            ConfigError: The split is smaller than one batch (an epoch would train nothing).
+        """
+        size = len(self.datasets["train"])  # type: ignore[arg-type]
+        if size < self.batch_size:
+            raise ConfigError(
+                "teacher.training.batch_size",
+                f"is {self.batch_size}, but the training split holds {size} samples: with incomplete batches "
+                "dropped, an epoch would have no batch and the teacher would stay untrained; lower it",
+            )
         return DataLoader(
             self.datasets["train"],
             batch_size=self.batch_size,

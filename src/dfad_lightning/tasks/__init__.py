@@ -23,6 +23,8 @@ log = logging.getLogger(__name__)
 
 # Exit statuses of train.py: a user error, a numerical fault, a stop by signal (128 + SIGTERM).
 EXIT_CODES = {ConfigError: 2, NonFiniteLossError: 3, RunInterrupted: 143}
+# The batch size that decides a task's memory, named when it runs out.
+BATCH_KEYS = {"distill": "data.batch_size", "teacher": "teacher.training.batch_size", "eval": "data.eval_batch_size"}
 
 TASKS: dict[str, Callable[[DictConfig], dict[str, Any]]] = {
     "distill": distill,
@@ -66,10 +68,6 @@ def run(cfg: DictConfig) -> dict[str, Any]:
             key,
             f"the run ran out of memory with it at {OmegaConf.select(cfg, key)} ({str(err).splitlines()[0]}): lower it",
         ) from err
-
-
-# The batch size that decides a task's memory (evaluation's is data.eval_batch_size).
-BATCH_KEYS = {"distill": "data.batch_size", "teacher": "teacher.training.batch_size", "eval": "data.eval_batch_size"}
 
 
 def out_of_memory(err: BaseException) -> bool:

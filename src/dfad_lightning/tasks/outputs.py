@@ -134,7 +134,8 @@ def fit_resumable(
     except RuntimeError as err:  # torch's load_state_dict: another architecture, width or stabiliser
         if ckpt_path is None or "Error(s) in loading state_dict" not in str(err):
             raise
-        first = str(err).splitlines()[1].strip()[:200]
+        lines = str(err).splitlines()  # "Error(s) in loading state_dict for DFAD:", then one line per problem
+        first = lines[min(1, len(lines) - 1)].strip()[:200]
         raise ConfigError(
             "ckpt_path",
             f"{ckpt_path} was saved by a run with other networks or options ({first}); "

@@ -43,6 +43,8 @@ BAD = [
     ("teacher.mean=[0.1,0.2]", "teacher.mean", "2 values for 1 image channels"),
     ("dataset.channels=3", "dataset.mean", "1 values for 3 image channels (dataset.channels)"),
     ("dataset.std=[0.5,0.5]", "dataset.std", "2 values for 1 image channels"),
+    ("dataset.std=[0]", "dataset.std", "above 0 (inputs are divided by them), got [0]"),  # was a NaN loss
+    ("teacher.std=[-0.3]", "teacher.std", "above 0"),  # was accepted: inverted images
     ("teacher.training.epochs=0", "teacher.training.epochs", "got 0"),
     ("loss=kl loss.discrepancy.temperature=0", "loss.discrepancy.temperature", "got 0"),
     ("callbacks.checkpoint.every_n_iterations=0", "callbacks.checkpoint.every_n_iterations", "got 0"),

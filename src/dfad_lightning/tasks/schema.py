@@ -209,7 +209,7 @@ def check_types(cfg: DictConfig, schema: Sequence[Rule] = SCHEMA) -> None:
 
 
 def _check_normalisation(cfg: DictConfig) -> None:
-    """``teacher.mean`` and ``teacher.std``: one value per image channel (``dataset.channels``).
+    """``teacher.mean`` and ``teacher.std``: one value per image channel (``dataset.channels``), stds above 0.
 
     Both follow ``dataset.mean`` and ``dataset.std`` unless set, so the error names the key the
     value came from (the one a user changes): the key a ``${...}`` value refers to, else the
@@ -218,13 +218,17 @@ def _check_normalisation(cfg: DictConfig) -> None:
     channels = OmegaConf.select(cfg, "dataset.channels")
     for key in ("mean", "std"):
         values = OmegaConf.select(cfg, f"teacher.{key}")
-        if isinstance(values, ListConfig) and _is_int(channels) and len(values) != channels:
-            raw = cast(dict[str, Any], OmegaConf.to_container(cfg.teacher, resolve=False))[key]
-            source = re.fullmatch(r"\$\{([\w.]+)\}", raw) if isinstance(raw, str) else None
-            raise ConfigError(
-                source.group(1) if source else f"teacher.{key}",
-                f"has {len(values)} values for {channels} image channels (dataset.channels): give one per channel",
-            )
+        if not isinstance(values, ListConfig):
+            continue
+        if _is_int(channels) and len(values) != channels:
+            problem = f"has {len(values)} values for {channels} image channels (dataset.channels): give one per channel"
+        elif key == "std" and not all(isinstance(v, int | float) and v > 0 for v in values):
+            problem = f"must be standard deviations above 0 (inputs are divided by them), got {_show(values)}"
+        else:
+            continue
+        raw = cast(dict[str, Any], OmegaConf.to_container(cfg.teacher, resolve=False))[key]
+        source = re.fullmatch(r"\$\{([\w.]+)\}", raw) if isinstance(raw, str) else None
+        raise ConfigError(source.group(1) if source else f"teacher.{key}", problem)
 
 
 def _check_devices(cfg: DictConfig) -> None:

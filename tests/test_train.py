@@ -188,6 +188,21 @@ def test_eval_task_scores_the_teacher_and_a_student(tiny_run, make_cfg, tmp_path
     assert json.loads((tmp_path / "eval" / "results.json").read_text()) == results
 
 
+def test_eval_and_export_take_the_delivered_student_from_a_runs_lightning_checkpoints(tiny_run, make_cfg, tmp_path):
+    """The moving average (what student.pt holds), not the raw student beside it; it used to find no weights."""
+    from dfad_lightning.systems.dfad import FINAL_STUDENT_PREFIXES
+    from dfad_lightning.weights import load_weights
+
+    trained, out = tiny_run
+    student = lenet5_half(1, 10)
+    load_weights(student, out / "checkpoints" / "last.ckpt", "student_checkpoint", "model", FINAL_STUDENT_PREFIXES)
+    delivered = torch.load(out / "student.pt", weights_only=True)
+    assert all(torch.equal(v, delivered[k]) for k, v in student.state_dict().items())
+    selected = trained["datafree"]
+    scored = run(make_cfg("task=eval", f"student_checkpoint={selected['selected_checkpoint']}", output_dir=tmp_path))
+    assert scored["student"] == pytest.approx(selected["selected_real_score"], abs=1e-6)  # eval rounds to 6 places
+
+
 def test_unset_mandatory_values_are_named(make_cfg):
     with pytest.raises(ConfigError, match=r"^dataset\.root: must be set"):
         run(make_cfg("dataset=image_folder"))

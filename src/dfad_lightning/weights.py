@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import hashlib
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -25,33 +25,42 @@ def find_state_dict(obj: Any) -> dict[str, Tensor] | None:
     True
     """
     if isinstance(obj, Mapping):
-        if obj and all(isinstance(k, str) and isinstance(v, Tensor) for k, v in obj.items()):
-            return dict(obj)
+        # A module's extra state (``*._extra_state``, e.g. the replay memory's) is not a tensor.
+        tensors = {k: v for k, v in obj.items() if not (isinstance(k, str) and k.endswith("._extra_state"))}
+        if tensors and all(isinstance(k, str) and isinstance(v, Tensor) for k, v in tensors.items()):
+            return tensors
         for key in _NESTING_KEYS:
             if key in obj and (found := find_state_dict(obj[key])) is not None:
                 return found
     return None
 
 
-def match_prefix(state: Mapping[str, Tensor], expected: Mapping[str, Tensor]) -> dict[str, Tensor]:
+def match_prefix(
+    state: Mapping[str, Tensor], expected: Mapping[str, Tensor], preferred: Sequence[str] = ()
+) -> dict[str, Tensor]:
     """Strip the prefix that wrappers add (``module.``, ``net.``, ``teacher.`` ...) to match ``expected``.
 
-    The prefix is the one in front of the first expected key; only keys carrying it are kept.
+    The prefix is the first of ``preferred`` found in front of the first expected key, else the
+    first found there; only keys carrying it are kept. ``preferred`` picks one network of a
+    checkpoint that holds several of the same architecture (a DFAD checkpoint holds the student
+    and its moving average).
 
     >>> match_prefix({"module.fc.w": torch.zeros(1)}, {"fc.w": torch.zeros(1)})
     {'fc.w': tensor([0.])}
+    >>> match_prefix({"s.fc.w": torch.zeros(1), "avg.fc.w": torch.ones(1)}, {"fc.w": torch.zeros(1)}, ["avg."])
+    {'fc.w': tensor([1.])}
     """
     first = next(iter(expected), None)
     if first is None or first in state:
         return dict(state)
-    for key in state:
-        if key.endswith("." + first):
-            prefix = key[: -len(first)]
-            return {k[len(prefix) :]: v for k, v in state.items() if k.startswith(prefix)}
-    return dict(state)
+    found = [key[: -len(first)] for key in state if key.endswith("." + first)]
+    prefix = next((p for p in preferred if p in found), found[0] if found else None)
+    if prefix is None:
+        return dict(state)
+    return {k[len(prefix) :]: v for k, v in state.items() if k.startswith(prefix)}
 
 
-def load_weights(net: nn.Module, path: str | Path, key: str, network: str) -> None:
+def load_weights(net: nn.Module, path: str | Path, key: str, network: str, preferred: Sequence[str] = ()) -> None:
     """Load the weights in ``path`` into ``net``, or fail with a message naming the config ``key``.
 
     Accepts plain state dicts and checkpoints that nest them (Lightning, akamaster, ...), with
@@ -65,6 +74,8 @@ def load_weights(net: nn.Module, path: str | Path, key: str, network: str) -> No
         key: The config key that names ``path`` (e.g. ``teacher.checkpoint``).
         network: The config group that chose ``net``'s architecture (e.g. ``teacher``): a file
             of another architecture is reported with both ways out, this group or ``key``.
+        preferred: Prefixes to take the weights from, first found first, where a checkpoint
+            holds several networks (see :func:`match_prefix`).
 
     Raises:
         ConfigError: The file cannot be used for ``net``.
@@ -81,7 +92,7 @@ def load_weights(net: nn.Module, path: str | Path, key: str, network: str) -> No
         top = list(obj)[:8] if isinstance(obj, Mapping) else type(obj).__name__
         raise ConfigError(key, f"{file} holds no weights (no state dict found; top level: {top})")
     expected = net.state_dict()
-    state = match_prefix(state, expected)
+    state = match_prefix(state, expected, preferred)
     # Checkpoints from PyTorch < 0.4.1 (akamaster's among them) predate BatchNorm's step counter.
     for name, tensor in expected.items():
         if name.endswith("num_batches_tracked"):

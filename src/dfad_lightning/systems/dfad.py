@@ -38,6 +38,9 @@ AUTO_MIN_PART = 32
 # the panel's BatchNorm teachers (seed 0; README): 10 was the best on each.
 INPUT_AFFINE_LR_FACTOR = 10.0
 REPLAY_WARN_BYTES = 2**30  # a replay memory above this size warns (see DFAD._new_memory)
+# Where a DFAD checkpoint keeps the student a run delivers (final_student): the moving average
+# if there is one, else the student itself.
+FINAL_STUDENT_PREFIXES = ("student_ema.module.", "student.")
 
 OptimizerFactory = Callable[[ParamsT], Optimizer]  # parameters, or parameter groups
 SchedulerFactory = Callable[[Optimizer], LRScheduler]

@@ -12,6 +12,7 @@ from torch import nn
 from dfad_lightning.errors import ConfigError
 from dfad_lightning.files import write_json_atomic
 from dfad_lightning.systems import Supervised
+from dfad_lightning.systems.dfad import FINAL_STUDENT_PREFIXES
 from dfad_lightning.tasks.build import build_datamodule, build_metric, build_network, build_trainer
 from dfad_lightning.tasks.outputs import RESULTS, prepare_output_dir
 from dfad_lightning.tasks.teacher import load_teacher
@@ -33,7 +34,7 @@ def evaluate(cfg: DictConfig) -> dict[str, Any]:
     student = None
     if student_file is not None:
         student = build_network(cfg.model, "model")
-        load_weights(student, student_file, "student_checkpoint", "model")
+        load_weights(student, student_file, "student_checkpoint", "model", FINAL_STUDENT_PREFIXES)
     datamodule = build_datamodule(cfg)
     trainer = build_trainer(cfg, out, logger=False, callbacks=[], enable_checkpointing=False)
 

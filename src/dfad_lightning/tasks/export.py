@@ -18,6 +18,7 @@ from torch import Tensor, nn
 from dfad_lightning.errors import ConfigError
 from dfad_lightning.files import atomic_open, write_json_atomic
 from dfad_lightning.networks.generators import as_size
+from dfad_lightning.systems.dfad import FINAL_STUDENT_PREFIXES
 from dfad_lightning.tasks.build import build_network
 from dfad_lightning.tasks.outputs import RESULTS, prepare_output_dir
 from dfad_lightning.weights import load_weights
@@ -44,7 +45,7 @@ def export(cfg: DictConfig) -> dict[str, Any]:
         raise ConfigError("student_checkpoint", "set it to the student.pt of a distillation run to export")
     out = prepare_output_dir(cfg)
     student = build_network(cfg.model, "model")
-    load_weights(student, cfg.student_checkpoint, "student_checkpoint", "model")
+    load_weights(student, cfg.student_checkpoint, "student_checkpoint", "model", FINAL_STUDENT_PREFIXES)
     student.eval()
     size = as_size(OmegaConf.to_object(cfg.dataset.image_size))  # type: ignore[arg-type]
     example = torch.randn(2, int(cfg.dataset.channels), *size)

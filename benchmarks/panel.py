@@ -225,7 +225,9 @@ def execute(cmd: list[str], log: Path, threads: int) -> None:
     with open(log, "w") as f:
         done = subprocess.run(cmd, cwd=ROOT, env=env, stdout=f, stderr=subprocess.STDOUT)
     if done.returncode != 0:
-        raise RuntimeError(f"failed ({done.returncode}): {' '.join(cmd[1:])}; see {log}")
+        # train.py ends a user error in one "Error: <key>: ..." line: give it here, not just the log's path.
+        said = [line + "; " for line in log.read_text().splitlines() if line.startswith(("Error:", "Interrupted:"))]
+        raise RuntimeError(f"failed ({done.returncode}): {' '.join(cmd[1:])}; {''.join(said[-1:])}see {log}")
 
 
 def write_grey_idx(data: Path, out: Path) -> None:
@@ -359,7 +361,10 @@ def main() -> None:
     parser.add_argument("--report-only", action="store_true", help="only tabulate the runs already finished")
     args = parser.parse_args()
     if not args.report_only:
-        run_panel(args)
+        try:
+            run_panel(args)
+        except RuntimeError as err:  # a run failed: say which and why, without a traceback
+            raise SystemExit(f"panel.py: {err}") from None
     text = report(args.out.resolve(), args.settings, args.methods)
     (args.out / "panel.md").write_text(text)
     print(text, end="")

@@ -78,6 +78,14 @@ def test_a_setting_that_shares_a_teacher_loads_it_instead_of_training_another(tm
     assert not (tmp_path / "teachers" / "mnist_bn_lenet5").exists()
 
 
+def test_a_failed_panel_run_is_reported_with_the_error_train_py_gave(tmp_path):
+    panel = load_panel()
+    says = "print('Epoch 0'); print('Error: data.batch_size: must be at least 2'); raise SystemExit(2)"
+    message = r"^failed \(2\): .*; Error: data\.batch_size: must be at least 2; see .*run\.log$"
+    with pytest.raises(RuntimeError, match=message):
+        panel.execute([sys.executable, "-c", says], tmp_path / "run.log", threads=1)
+
+
 def test_the_grey_idx_setting_is_the_cifar_split_in_grey_as_idx_files(tmp_path):
     panel = load_panel()
     rng = np.random.default_rng(0)

@@ -57,7 +57,7 @@ class Supervised(LightningModule):
         """Cross-entropy (or the configured loss) on one labelled batch."""
         x, target = batch
         outputs = self.net(x)
-        if self.current_epoch == 0:  # the first pass sees every label; later ones the same again
+        if self.current_epoch == 0:  # the first pass sees every label (later ones the same again)
             check_class_labels(outputs, target)
         loss = self.loss(outputs, target)
         self.log("train/loss", loss, prog_bar=True)
@@ -67,7 +67,8 @@ class Supervised(LightningModule):
         """Update the metric with one real batch."""
         x, target = batch
         outputs = self.net(x)
-        check_class_labels(outputs, target)
+        if self.current_epoch == 0:  # as in training: once is enough, and each check waits for the device
+            check_class_labels(outputs, target)
         self.metric.update(outputs, target)
 
     def on_validation_epoch_end(self) -> None:

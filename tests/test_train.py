@@ -126,6 +126,17 @@ def test_a_teacher_batch_larger_than_its_data_is_refused_not_left_untrained(make
     assert not cached.exists() and not list(Path(cfg.paths.output_dir).rglob("*.pt"))
 
 
+def test_a_cache_dir_that_cannot_be_made_names_paths_cache_dir(tmp_path):
+    from conftest import compose_config
+
+    from dfad_lightning.tasks.teacher import cached_teacher
+
+    (tmp_path / "a-file").write_text("")
+    cfg = compose_config(TINY, tmp_path / "run", tmp_path / "a-file" / "cache")  # a path through a file
+    with pytest.raises(ConfigError, match=r"^paths\.cache_dir: cannot create .*a-file/cache/teachers .*writable"):
+        cached_teacher(cfg)
+
+
 def test_missing_teacher_says_which_key_to_set_and_how_to_train_one(make_cfg):
     with pytest.raises(ConfigError, match=r"teacher\.checkpoint.*python train\.py task=teacher dataset=digits"):
         run(make_cfg("dataset.auto_teacher=false"))

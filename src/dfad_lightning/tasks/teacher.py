@@ -96,7 +96,13 @@ def cached_teacher(cfg: DictConfig) -> Path:
         log.info("Using the cached teacher %s", path)
         return path
     log.info("No teacher checkpoint set: training the %s teacher first (cached at %s)", cfg.dataset.name, path)
-    path.parent.mkdir(parents=True, exist_ok=True)
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+    except OSError as err:  # a read-only checkout, or a path through a file
+        raise ConfigError(
+            "paths.cache_dir",
+            f"cannot create {path.parent} ({err.strerror}); set it (or DFAD_CACHE_DIR) to a writable folder",
+        ) from None
     # One thread and deterministic kernels: the same teacher on every machine, whatever its cores
     # (with several threads, reductions split differently and the teacher, and every run on it,
     # changed with the machine). It is small: seconds either way.

@@ -49,6 +49,22 @@ def test_a_file_that_is_not_a_checkpoint(tmp_path):
         load_weights(LeNet5(), path, KEY, "teacher")
 
 
+def test_a_whole_pickled_network_is_refused_with_how_to_save_its_weights(tmp_path):
+    """``torch.save(model)``: loading it would run arbitrary code, so it is refused, with the way out."""
+    with pytest.raises(ConfigError, match=r"pickles a dfad_lightning\.networks\.lenet\.LeNet5 object.*state_dict\(\)"):
+        load_weights(LeNet5(), saved(tmp_path, LeNet5()), KEY, "teacher")
+
+
+def test_a_torchscript_archive_is_refused_with_how_to_save_its_weights(tmp_path):
+    path = tmp_path / "scripted.pt"
+    with pytest.warns(FutureWarning):  # torch.jit is deprecated, but such files are still handed around
+        torch.jit.save(torch.jit.trace(LeNet5().eval(), torch.zeros(1, 1, 32, 32)), path)
+    with pytest.raises(
+        ConfigError, match=r"is a TorchScript archive, not weights: .*torch\.jit\.load\(PATH\)\.state_dict"
+    ):
+        load_weights(LeNet5(), path, KEY, "teacher")
+
+
 def test_a_checkpoint_without_weights(tmp_path):
     with pytest.raises(ConfigError, match=r"holds no weights.*'epoch'"):
         load_weights(LeNet5(), saved(tmp_path, {"epoch": 3}), KEY, "teacher")

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import hashlib
+import re
+import warnings
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
@@ -84,9 +86,11 @@ def load_weights(net: nn.Module, path: str | Path, key: str, network: str, prefe
     if not file.is_file():
         raise ConfigError(key, f"no file at {file}")
     try:
-        obj = torch.load(file, map_location="cpu", weights_only=True)
+        with warnings.catch_warnings():  # torch warns before refusing a TorchScript archive; the error says it
+            warnings.filterwarnings("ignore", message=".*looks like a TorchScript archive")
+            obj = torch.load(file, map_location="cpu", weights_only=True)
     except Exception as err:  # torch raises many types for files that are not checkpoints
-        raise ConfigError(key, f"{file} is not a PyTorch checkpoint ({type(err).__name__}: {err})") from None
+        raise ConfigError(key, _unreadable(file, err)) from None
     state = find_state_dict(obj)
     if state is None:
         top = list(obj)[:8] if isinstance(obj, Mapping) else type(obj).__name__
@@ -116,6 +120,24 @@ def load_weights(net: nn.Module, path: str | Path, key: str, network: str, prefe
                 f"number of classes; check dataset.num_classes and the architecture that {network}= chooses)",
             )
     net.load_state_dict(state)
+
+
+def _unreadable(file: Path, err: Exception) -> str:
+    """Why ``torch.load(file, weights_only=True)`` failed, with the way out for the two usual cases."""
+    text = str(err)
+    if "TorchScript" in text:
+        return (
+            f"{file} is a TorchScript archive, not weights: save its weights, "
+            f"torch.save(torch.jit.load(PATH).state_dict(), 'weights.pt'), and pass that file"
+        )
+    if found := re.search(r"Unsupported global: GLOBAL ([\w.]+)", text):
+        return (
+            f"{file} pickles a {found.group(1)} object, which loading weights safely (weights_only=True) "
+            f"refuses: a whole network saved with torch.save(model), or objects beside the weights. If you trust "
+            f"the file, save the weights alone, e.g. torch.save(torch.load(PATH, weights_only=False).state_dict(), "
+            f"'weights.pt'), and pass that file"
+        )
+    return f"{file} is not a PyTorch checkpoint ({type(err).__name__}: {text.splitlines()[0] if text else ''})"
 
 
 def sha256(path: str | Path) -> str:

@@ -90,6 +90,13 @@ def test_a_checkpoint_of_another_width_names_the_first_mismatched_tensor(tmp_pat
         load_weights(LeNet5(), saved(tmp_path, lenet5_half().state_dict()), KEY, "teacher")
 
 
+def test_a_checkpoint_with_other_input_channels_points_at_channels(tmp_path, make_cfg):
+    path = saved(tmp_path, LeNet5(1, 10).state_dict())
+    overrides = ["dataset.channels=3", "dataset.mean=[0.3,0.3,0.3]", "dataset.std=[0.3,0.3,0.3]"]
+    with pytest.raises(ConfigError, match=r"\(6, 1, 5, 5\) in the file and \(6, 3, 5, 5\).*dataset\.channels"):
+        run(make_cfg(f"teacher.checkpoint={path}", *overrides))
+
+
 def test_a_checkpoint_with_another_number_of_classes_points_at_num_classes(tmp_path, make_cfg):
     path = saved(tmp_path, LeNet5(1, 10).state_dict())
     with pytest.raises(ConfigError, match=r"\(10, 84\) in the file and \(7, 84\).*dataset\.num_classes"):

@@ -117,7 +117,8 @@ def load_weights(net: nn.Module, path: str | Path, key: str, network: str, prefe
                 key,
                 f"{file} does not fit {type(net).__name__}: tensor {name!r} has shape {tuple(state[name].shape)} "
                 f"in the file and {tuple(tensor.shape)} in the network (a different width, input channels or "
-                f"number of classes; check dataset.channels, dataset.num_classes and the architecture that {network}= chooses)",
+                f"number of classes; check dataset.channels, dataset.num_classes and the architecture that "
+                f"{network}= chooses)",
             )
     net.load_state_dict(state)
 

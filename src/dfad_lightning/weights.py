@@ -134,9 +134,9 @@ def _unreadable(file: Path, err: Exception) -> str:
     if found := re.search(r"Unsupported global: GLOBAL ([\w.]+)", text):
         return (
             f"{file} pickles a {found.group(1)} object, which loading weights safely (weights_only=True) "
-            f"refuses: a whole network saved with torch.save(model), or objects beside the weights. If you trust "
-            f"the file, save the weights alone, e.g. torch.save(torch.load(PATH, weights_only=False).state_dict(), "
-            f"'weights.pt'), and pass that file"
+            f"refuses. If you trust the file, load it with torch.load(PATH, weights_only=False) and save the "
+            f"weights alone: torch.save(obj.state_dict(), 'weights.pt') for a whole network (torch.save(model)), "
+            f"or the state dict it holds for a checkpoint with other objects beside the weights; pass that file"
         )
     return f"{file} is not a PyTorch checkpoint ({type(err).__name__}: {text.splitlines()[0] if text else ''})"
 

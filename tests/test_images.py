@@ -3,13 +3,23 @@
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
 from PIL import Image
 
-from dfad_lightning.data.images import CIFAR, Caltech101, IDXDataset, ImageFolderDataset, mnist, read_idx, write_idx
+from dfad_lightning.data.images import (
+    CIFAR,
+    Caltech101,
+    IDXDataset,
+    ImageFolderDataset,
+    folder_slug,
+    mnist,
+    read_idx,
+    write_idx,
+)
 from dfad_lightning.errors import ConfigError
 from dfad_lightning.tasks import run
 
@@ -122,6 +132,25 @@ def test_caltech101_split_is_seeded_disjoint_saved_and_reused(tmp_path):
     assert fresh.samples == test.samples
     image, label = test[0]
     assert image.shape == (3, 32, 32) and isinstance(label, int) and torch.all(image <= 1)
+
+
+def test_split_folder_keeps_one_split_per_folder_by_default(make_cfg, tmp_path):
+    """The default split_file used to be one file for every folder: a second folder was refused."""
+    for name in ("flowers", "birds"):
+        fake_folder(tmp_path / name, ["a", "b"], per_class=5)
+    cfg = make_cfg("dataset=split_folder", f"dataset.root={tmp_path / 'flowers'}", "dataset.num_classes=2",
+                   "dataset.image_size=[32,32]")  # fmt: skip
+    template = cfg.dataset.split_file
+    assert "{folder}" in template and template.endswith("-seed0-test0.2.json")
+    parts = {}
+    for name in ("flowers", "birds", "flowers"):
+        train = ImageFolderDataset(tmp_path / name, split="train", split_file=template)
+        test = ImageFolderDataset(tmp_path / name, split="test", split_file=template)
+        assert len(train) == 8 and len(test) == 2  # a fifth of each class held out
+        parts.setdefault(name, []).append([p for p, _ in test.samples])
+    assert parts["flowers"][0] == parts["flowers"][1]  # read back, not drawn again
+    for name in ("flowers", "birds"):  # each folder's own file, its name and a hash of its path in it
+        assert Path(template.replace("{folder}", folder_slug(tmp_path / name))).is_file()
 
 
 def test_caltech101_refuses_a_split_of_other_images(tmp_path):

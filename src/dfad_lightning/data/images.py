@@ -8,6 +8,7 @@ expected. Downloading is opt-in (``download: true``, for users with internet).
 from __future__ import annotations
 
 import gzip
+import hashlib
 import json
 import random
 from collections.abc import Callable, Sequence
@@ -246,7 +247,8 @@ class ImageFolderDataset(_ImageFiles):
         augment: Optional transform of each ``[0, 1]`` image tensor.
         key: Config key named in errors.
         split: ``"train"`` or ``"test"``: that part of a split of the folder; ``None``: every image.
-        split_file: Where the split is kept (needed with ``split``).
+        split_file: Where the split is kept (needed with ``split``); ``{folder}`` in it stands for the
+            folder (its name and a hash of its absolute path), so that each folder keeps its own split.
         split_seed: Seed of the split.
         test_fraction: Fraction of each class held out.
     """
@@ -268,7 +270,8 @@ class ImageFolderDataset(_ImageFiles):
         if split is not None:
             if split_file is None:
                 raise ValueError("a split of the folder needs a split_file to keep it in")
-            part = load_or_make_split(Path(split_file), folder, self.samples, self.classes, split_seed, test_fraction)
+            path = Path(str(split_file).replace("{folder}", folder_slug(folder)))
+            part = load_or_make_split(path, folder, self.samples, self.classes, split_seed, test_fraction)
             chosen = set(part[split])
             self.samples = [(f, y) for f, y in self.samples if str(f.relative_to(folder)) in chosen]
         self.mode = {1: "L", 3: "RGB"}[channels]
@@ -367,6 +370,16 @@ class Caltech101(_ImageFiles):
         self.augment = augment
 
 
+def folder_slug(folder: Path) -> str:
+    """A file-name-safe name of ``folder``: its name and 8 hex digits of its absolute path.
+
+    >>> folder_slug(Path("/data/cifar10/test"))
+    'test-a9b0e3ac'
+    """
+    absolute = str(folder.expanduser().resolve())
+    return f"{folder.name}-{hashlib.sha256(absolute.encode()).hexdigest()[:8]}"
+
+
 def load_or_make_split(
     path: Path, folder: Path, samples: list[tuple[Path, int]], classes: list[str], seed: int, test_fraction: float
 ) -> dict[str, list[str]]:
@@ -379,7 +392,11 @@ def load_or_make_split(
         split: dict[str, list[str]] = json.loads(path.read_text())
         present = {str(f.relative_to(folder)) for f, _ in samples}
         if not set(split["train"]) | set(split["test"]) <= present:
-            raise ConfigError("dataset.split_file", f"{path} names images that are not under {folder}")
+            raise ConfigError(
+                "dataset.split_file",
+                f"{path} names images that are not under {folder} (a split of another folder?): "
+                "give this folder a file of its own",
+            )
         return split
     rng = random.Random(seed)
     split = {"train": [], "test": []}

@@ -76,12 +76,12 @@ def find_unfinished(roots: Iterable[Path]) -> list[Path]:
     A run directory is one that holds Hydra's ``train.log``, the run's ``.hydra/`` record or its
     ``checkpoints/``; a sweep's job that failed before training holds only the log.
     """
+    markers = {"train.log", ".hydra", "checkpoints"}
     found = {
-        marker.parent
+        path.parent
         for root in roots
-        for name in ("train.log", ".hydra", "checkpoints")
-        for marker in Path(root).rglob(name)
-        if not (marker.parent / "results.json").exists()
+        for path in Path(root).rglob("*")  # one walk of the tree for all three markers
+        if path.name in markers and not (path.parent / "results.json").exists()
     }
     return sorted(found)
 

@@ -2,16 +2,16 @@
 
 A user brings a teacher we never saw and has no data to pick an epoch with, so what counts is
 the *final* student, on every teacher, without tuning. This script runs each method (the paper's
-DFAD, DAFL, every stabiliser alone, the recommended recipe) with the same hyperparameters on
-every setting of the panel, for several seeds, and reports per setting and per method: teacher,
-final and best student (best over training: selected on the test split, which a user cannot
-do), the best-minus-final gap, the standard deviation over seeds, and the wall time.
+DFAD, DAFL, DFQ, the recommended recipe, and any variant given on the command line) with the same
+hyperparameters on every setting of the panel, for several seeds, and reports per setting and per
+method: teacher, final and best student (best over training: selected on the test split, which a
+user cannot do), the best-minus-final gap, the standard deviation over seeds, and the wall time.
 
 Settings (CPU-sized: 300 iterations of batch 128, a narrow Generator-A, LeNet-5-Half students):
 
 - ``digits``: the embedded digits, LeNet-5 teacher (trained on the fly);
-- ``mnist``: MNIST, LeNet-5 teacher (``task=teacher``, ~1 min);
-- ``mnist_bn``: MNIST, a CIFAR ResNet-8 teacher with BatchNorm throughout (~5 min to train);
+- ``mnist``: MNIST, LeNet-5 teacher (``task=teacher``);
+- ``mnist_bn``: MNIST, a CIFAR ResNet-8 teacher with BatchNorm throughout;
 - ``cifar10``: a harder natural-image setting: a copy of the CIFAR-10 *test* images as class
   folders, split per class (seeded, saved) into 8,000 images that train a LeNet-5 colour teacher
   and 2,000 held out to evaluate;
@@ -19,12 +19,12 @@ Settings (CPU-sized: 300 iterations of batch 128, a narrow Generator-A, LeNet-5-
   written as IDX files and read through ``dataset=idx`` with a LeNet-5 teacher: the path a user of a
   new MNIST-format dataset takes, on images that are not digits;
 - ``cifar10_bn`` (run by name, the same kind of check): the CIFAR-10 split with a ResNet-8 colour
-  teacher, BatchNorm throughout (15 epochs of ``task=teacher``, ~10 min);
+  teacher, BatchNorm throughout (15 epochs of ``task=teacher``);
 - ``grey_idx_bn`` (run by name, a third BatchNorm teacher): ``grey_idx``'s files with a ResNet-8
-  teacher (15 epochs, ~4 min), and ``dataset=idx``'s mean and std of 0.5, which do not standardise
-  these images (their standard deviation after it is 0.46, not 1);
-- ``mnist_bn_lenet5`` (run by name): ``mnist_bn``'s teacher distilled into a LeNet-5 (0.8 MFLOP
-  per image, against the teacher's 24 and LeNet-5-Half's 0.27) instead of LeNet-5-Half;
+  teacher (15 epochs), and ``dataset=idx``'s mean and std of 0.5, which do not standardise these
+  images;
+- ``mnist_bn_lenet5`` (run by name): ``mnist_bn``'s teacher distilled into a LeNet-5 instead of
+  LeNet-5-Half;
 - ``cifar10_resnet20`` (run by name): a teacher trained elsewhere, akamaster's pretrained CIFAR-10
   ResNet-20 (``DATA/teachers/cifar10-akamaster/resnet20-12fca82f.th``, from its GitHub release),
   into a colour LeNet-5, scored on the CIFAR-10 test images of ``DATA/cifar10/test``.
@@ -37,11 +37,12 @@ panel resumes where it stopped. Jobs run
 ``--jobs`` at a time, each with its share of the CPU threads (results of one seed depend on the
 thread count: keep it the same when comparing).
 
-Usage (from the repository root; the full panel is ~120 runs, about 4 hours on 2 CPU cores):
+Usage (from the repository root; docs/benchmarks.md says how long it takes):
 
     python benchmarks/panel.py --data-dir DATA            # DATA/mnist, DATA/cifar10/test
     python benchmarks/panel.py --data-dir DATA --settings digits mnist --methods dfad robust --seeds 0
-    python benchmarks/panel.py --data-dir DATA --settings grey_idx --methods dfad dafl dfq robust
+    python benchmarks/panel.py --data-dir DATA --settings grey_idx --methods robust robust_ngf32 \
+        --variant robust_ngf32 "recipe=robust generator.ngf=32"   # a variant, by name
 """
 
 from __future__ import annotations
@@ -49,6 +50,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import shlex
 import subprocess
 import sys
 import time
@@ -115,101 +117,14 @@ OWN_TEACHER = {"digits", "cifar10_resnet20"}
 PAPER = ["recipe=paper", "system.student_optimizer.lr=0.01", "system.student_optimizer.weight_decay=1e-4",
          "system.generator_optimizer.lr=1e-3", "schedule=constant"]  # fmt: skip
 
-ROBUST = ["method=dfad", "recipe=robust"]
-# The recipe as it was at each earlier change, newest first, so that every row measured then can be
-# run again as it was (on teachers without BatchNorm, where neither of the first two acts, the first
-# two are the recipe itself): before the generated inputs took a learnable scale and shift where the
-# BatchNorm prior acts; before its student updates took each sample in parts there; before its
-# generator warm-up (an ablation row of the panel); and before system.student_reuse as well.
-ROBUST_NO_INPUT_AFFINE = [*ROBUST, "system.input_affine=false"]
-ROBUST_NO_MINIBATCHES = [*ROBUST_NO_INPUT_AFFINE, "system.student_minibatches=1"]
-ROBUST_NO_WARMUP = [*ROBUST_NO_MINIBATCHES, "system.generator_warmup=0"]
-ROBUST_REUSE1 = [*ROBUST_NO_WARMUP, "system.student_reuse=1"]
-# The recipe on the panel's samples in batches of 64 (600 iterations): the base of the b64 variants.
-ROBUST_B64 = [*ROBUST_NO_MINIBATCHES, "data.batch_size=64", "trainer.max_epochs=12"]
-
+# Each method of the panel: the overrides that select it. More can be given by name on the command
+# line (--variant NAME "OVERRIDES"), so that a screen needs no change here.
 METHODS: dict[str, list[str]] = {
     "dfad": ["method=dfad", *PAPER],
     "dafl": ["method=dafl", *PAPER],
     "dfq": ["method=dfq", *PAPER],
-    "ema": ["method=dfad", *PAPER, "system.ema_decay=0.99"],
-    "replay": ["method=dfad", *PAPER, "system.replay_size=4096"],
-    "balance": ["method=dfad", *PAPER, "system.balance=1"],
-    "bn_prior": ["method=dfad", *PAPER, "system.bn_prior=1"],
-    "cosine": ["method=dfad", *PAPER, "schedule=cosine"],
-    "robust_reuse1": ROBUST_REUSE1,
-    "robust_no_warmup": ROBUST_NO_WARMUP,
-    "robust": ROBUST,
+    "robust": ["method=dfad", "recipe=robust"],
 }
-# Variants measured while choosing the recipe (README), run by name: --methods robust_cosine ...
-VARIANTS: dict[str, list[str]] = {
-    "generator_lr_1e-4": ["method=dfad", *PAPER, "system.generator_optimizer.lr=1e-4"],
-    "bn_prior_10": ["method=dfad", *PAPER, "system.bn_prior=10"],
-    "robust_cosine": [*ROBUST_REUSE1, "schedule=cosine"],
-    "robust_kl_dfq_weights": [*ROBUST_REUSE1, "loss=kl", "system.balance=20"],
-    "robust_balance_only": [*ROBUST_REUSE1, "system.one_hot=0", "system.balance=1"],
-    "robust_balance_only_cosine": [*ROBUST_REUSE1, "system.one_hot=0", "system.balance=1",
-                                   "schedule=cosine"],
-    "robust_student_lr_0.05": [*ROBUST_REUSE1, "system.student_optimizer.lr=0.05"],
-    "robust_student_lr_0.1": [*ROBUST_REUSE1, "system.student_optimizer.lr=0.1"],
-    "robust_one_hot_5": [*ROBUST_REUSE1, "system.one_hot=5"],
-    "robust_log1p": [*ROBUST_REUSE1, "adversarial=negative_log1p"],
-    "robust_k1": [*ROBUST_REUSE1, "system.student_steps=1"],
-    "robust_k2": [*ROBUST_REUSE1, "system.student_steps=2"],
-    "robust_k10": [*ROBUST_REUSE1, "system.student_steps=10"],
-    "robust_reuse8": [*ROBUST_NO_WARMUP, "system.student_reuse=8"],
-    "robust_reuse4_cosine": [*ROBUST_NO_WARMUP, "system.student_reuse=4", "schedule=cosine"],
-    "robust_k1_reuse20": [*ROBUST_NO_WARMUP, "system.student_steps=1", "system.student_reuse=20"],
-    "robust_k1_reuse40": [*ROBUST_NO_WARMUP, "system.student_steps=1", "system.student_reuse=40"],
-    "robust_no_minibatches": ROBUST_NO_MINIBATCHES,
-    "robust_warmup50": [*ROBUST_NO_MINIBATCHES, "system.generator_warmup=50"],
-    "robust_warmup100": [*ROBUST_NO_MINIBATCHES, "system.generator_warmup=100"],
-    "robust_replay_1.0": [*ROBUST_NO_MINIBATCHES, "system.replay_fraction=1.0"],
-    "robust_reuse_8": [*ROBUST_NO_MINIBATCHES, "system.student_reuse=8"],
-    # The same samples in batches of 32: four times the iterations (and updates) of the panel's size.
-    "robust_b32": [*ROBUST_NO_MINIBATCHES, "data.batch_size=32", "trainer.max_epochs=24"],
-    "robust_b32_shift": [*ROBUST_NO_MINIBATCHES, "data.batch_size=32", "trainer.max_epochs=24", "system.shift=0.0625"],
-    # ... with the generator's learning rate divided by 4: its four times as many steps move it as far.
-    "robust_b32_glr": [*ROBUST_NO_MINIBATCHES, "data.batch_size=32", "trainer.max_epochs=24",
-                       "system.generator_optimizer.lr=2.5e-4"],
-    # The generator's faster pace of robust_b32 at the panel's batch: four times its learning rate.
-    "robust_glr4": [*ROBUST_NO_MINIBATCHES, "system.generator_optimizer.lr=4e-3"],
-    # Half-way to robust_b32: batches of 64 for 600 iterations; then with one more change each.
-    "robust_b64": ROBUST_B64,
-    "robust_b64_adam": [*ROBUST_B64, "system.student_optimizer._target_=torch.optim.Adam",
-                        "~system.student_optimizer.momentum", "system.student_optimizer.lr=1e-3"],
-    "robust_b64_kl": [*ROBUST_B64, "loss=kl"],
-    # ... with as many student updates per sample as the recipe's batch of 128 (2, not 4).
-    "robust_b64_reuse2": [*ROBUST_B64, "system.student_reuse=2"],
-    # The generator's adversarial term only where student and teacher agree (DeepInversion's / CMI's mask).
-    "robust_agree": [*ROBUST_NO_MINIBATCHES, "system.adversarial_agreement=true"],
-    "robust_b64_agree": [*ROBUST_B64, "system.adversarial_agreement=true"],
-    # Each generated sample translated by up to 1/16 or 1/8 of its sides before the networks see it.
-    "robust_shift_0.0625": [*ROBUST_NO_MINIBATCHES, "system.shift=0.0625"],
-    "robust_shift_0.125": [*ROBUST_NO_MINIBATCHES, "system.shift=0.125"],
-    # The generator's Adam with GAN momentum (beta1 0.5, as DCGAN and Fast-DFKD); a 4x larger replay
-    # memory; a longer moving average of the student.
-    "robust_gbeta05": [*ROBUST_NO_MINIBATCHES, "+system.generator_optimizer.betas=[0.5,0.999]"],
-    "robust_replay16k": [*ROBUST_NO_MINIBATCHES, "system.replay_size=16384"],
-    "robust_ema995": [*ROBUST_NO_MINIBATCHES, "system.ema_decay=0.995"],
-    # The recipe's student updates in 2 or 4 parts of each sample on every teacher (more, smaller
-    # updates; the same samples, generator steps and arithmetic); the last also with the samples shifted.
-    "robust_minibatches2": [*ROBUST_NO_INPUT_AFFINE, "system.student_minibatches=2"],
-    "robust_minibatches4": [*ROBUST_NO_INPUT_AFFINE, "system.student_minibatches=4"],
-    "robust_minibatches4_shift": [*ROBUST_NO_INPUT_AFFINE, "system.student_minibatches=4", "system.shift=0.0625"],
-    "robust_no_input_affine": ROBUST_NO_INPUT_AFFINE,
-    # ... and on every teacher, where on those without BatchNorm nothing but the game sets the contrast.
-    "robust_input_affine": [*ROBUST, "system.input_affine=true"],
-    # The recipe (its input scale and shift where the BatchNorm prior acts) in batches of 32, one part.
-    "robust_b32_affine": [*ROBUST, "system.student_minibatches=1", "data.batch_size=32", "trainer.max_epochs=24"],
-    # The warm-up at 3 and at 10 times the generator's learning rate (the recipe: its own rate).
-    "robust_warmup_lr3": [*ROBUST, "system.generator_warmup_lr_scale=3"],
-    "robust_warmup_lr10": [*ROBUST, "system.generator_warmup_lr_scale=10"],
-    # A generator twice and four times the panel's width (four times: the paper's, the generic datasets' default).
-    "robust_ngf32": [*ROBUST, "generator.ngf=32"],
-    "robust_ngf64": [*ROBUST, "generator.ngf=64"],
-}  # fmt: skip
-RUNNABLE = {**METHODS, **VARIANTS}
 
 
 def command(overrides: list[str], run_dir: Path, data: Path, out: Path) -> list[str]:
@@ -270,7 +185,7 @@ def teacher_overrides(setting: str, data: Path, out: Path) -> list[str]:
     return [f"teacher.checkpoint={run_dir / 'teacher.pt'}"]
 
 
-def run_panel(args: argparse.Namespace) -> None:
+def run_panel(args: argparse.Namespace, runnable: dict[str, list[str]]) -> None:
     """Train the teachers, then every (setting, method, seed) not yet finished, ``--jobs`` at a time."""
     data, out = args.data_dir.resolve(), args.out.resolve()
     threads = max(1, (os.cpu_count() or 1) // args.jobs)
@@ -283,7 +198,7 @@ def run_panel(args: argparse.Namespace) -> None:
             for seed in args.seeds:
                 run_dir = out / "runs" / setting / method / f"seed{seed}"
                 if not (run_dir / "results.json").exists():
-                    overrides = [*SETTINGS[setting], *teacher, *SIZE, *RUNNABLE[method], f"seed={seed}"]
+                    overrides = [*SETTINGS[setting], *teacher, *SIZE, *runnable[method], f"seed={seed}"]
                     if (run_dir / "checkpoints" / "last.ckpt").exists():  # interrupted: continue it
                         overrides.append("ckpt_path=last")
                     jobs.append((command(overrides, run_dir, data, out), run_dir.with_suffix(".log")))
@@ -349,20 +264,41 @@ def report(out: Path, settings: list[str], methods: list[str]) -> str:
     return "\n".join(lines) + "\n"
 
 
+def variants(given: list[list[str]]) -> dict[str, list[str]]:
+    """The ``--variant NAME OVERRIDES`` methods: each name with its overrides, split as a shell splits them.
+
+    >>> variants([["robust_ngf32", "recipe=robust generator.ngf=32"]])
+    {'robust_ngf32': ['recipe=robust', 'generator.ngf=32']}
+    """
+    return {name: shlex.split(overrides) for name, overrides in given}
+
+
 def main() -> None:
     """Run the panel (what is not done yet), then print and save its tables."""
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--data-dir", type=Path, required=True, help="holds mnist/ and cifar10/test/")
     parser.add_argument("--out", type=Path, default=ROOT / "outputs" / "panel", help="teachers, runs and tables")
     parser.add_argument("--settings", nargs="+", default=PANEL, choices=list(SETTINGS))
-    parser.add_argument("--methods", nargs="+", default=list(METHODS), choices=list(RUNNABLE))
+    parser.add_argument("--methods", nargs="+", default=list(METHODS), help=f"of {', '.join(METHODS)} and variants")
+    parser.add_argument(
+        "--variant",
+        nargs=2,
+        action="append",
+        default=[],
+        metavar=("NAME", "OVERRIDES"),
+        help='a method of your own: --variant robust_ngf32 "recipe=robust generator.ngf=32"',
+    )
     parser.add_argument("--seeds", nargs="+", type=int, default=[0, 1, 2])
     parser.add_argument("--jobs", type=int, default=2, help="runs at a time (each gets cores / jobs threads)")
     parser.add_argument("--report-only", action="store_true", help="only tabulate the runs already finished")
     args = parser.parse_args()
+    runnable = {**METHODS, **variants(args.variant)}
+    unknown = [m for m in args.methods if m not in runnable]
+    if unknown:
+        parser.error(f"unknown method {unknown[0]}: one of {', '.join(runnable)}, or give it with --variant")
     if not args.report_only:
         try:
-            run_panel(args)
+            run_panel(args, runnable)
         except RuntimeError as err:  # a run failed: say which and why, without a traceback
             raise SystemExit(f"panel.py: {err}") from None
     text = report(args.out.resolve(), args.settings, args.methods)

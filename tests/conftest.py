@@ -1,16 +1,32 @@
-"""Shared fixtures: configs composed exactly as ``train.py`` composes them, shrunk to run in seconds."""
+"""Shared fixtures and helpers.
+
+Two ways to build what a test runs: configs composed exactly as ``train.py`` composes them,
+shrunk to run in seconds (:func:`make_cfg`), and small systems built directly in Python
+(:func:`make_system`, :func:`make_datamodule`, :func:`fit`).
+"""
 
 from __future__ import annotations
 
 import os
 from collections.abc import Callable, Iterator
+from functools import partial
 from pathlib import Path
+from typing import Any
 
+import lightning as L
 import pytest
+import torch
 from hydra import compose, initialize_config_dir
 from hydra.core.global_hydra import GlobalHydra
 from hydra.core.hydra_config import HydraConfig
+from lightning.pytorch.callbacks import Checkpoint
 from omegaconf import DictConfig, open_dict
+from torch import Tensor
+from torchmetrics.classification import MulticlassAccuracy
+
+from dfad_lightning.data import DFADDataModule, Digits
+from dfad_lightning.networks import GeneratorA, LeNet5, cifar_resnet, lenet5_half
+from dfad_lightning.systems import DFAD
 
 ROOT = Path(__file__).resolve().parents[1]
 CONF = ROOT / "conf"
@@ -27,6 +43,19 @@ TINY = [
     "trainer.enable_progress_bar=false",
     "trainer.log_every_n_steps=1",
 ]
+
+
+K = 3  # student steps per iteration of the small systems (make_system, make_datamodule)
+
+
+def snapshot(module: torch.nn.Module) -> dict[str, Tensor]:
+    """A copy of a module's state, to compare with later."""
+    return {k: v.detach().clone() for k, v in module.state_dict().items()}
+
+
+def same(a: dict[str, Tensor], b: dict[str, Tensor]) -> bool:
+    """Whether two snapshots are bitwise equal."""
+    return a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
 
 
 def compose_config(overrides: list[str], output_dir: Path, cache_dir: Path) -> DictConfig:
@@ -60,6 +89,93 @@ def make_cfg(tmp_path: Path, cache_dir: Path) -> Iterator[Callable[..., DictConf
 
     yield make
     GlobalHydra.instance().clear()
+
+
+def build_system(cls: type[DFAD] = DFAD, batchnorm_teacher: bool = False, **kwargs: Any) -> DFAD:
+    """A seeded system of small digit networks: LeNet-5 (or a BatchNorm ResNet-8) into LeNet-5-Half, k = K."""
+    L.seed_everything(0, verbose=False)
+    kwargs.setdefault("student_optimizer", partial(torch.optim.SGD, lr=0.05, momentum=0.9))
+    return cls(
+        teacher=cifar_resnet(8, 1, 10).eval() if batchnorm_teacher else LeNet5(1, 10),
+        student=lenet5_half(1, 10),
+        generator=GeneratorA(nz=16, channels=1, image_size=32, ngf=8),
+        metric=MulticlassAccuracy(num_classes=10, average="micro"),
+        metric_name="acc",
+        student_steps=K,
+        **kwargs,
+    )
+
+
+def build_datamodule(iterations: int = 4) -> DFADDataModule:
+    """Noise for :func:`build_system` (batches of 8), ``iterations`` per epoch; the digits' test split to evaluate."""
+    return DFADDataModule(
+        nz=16,
+        batch_size=8,
+        student_steps=K,
+        iterations_per_epoch=iterations,
+        eval_dataset=partial(Digits, split="test"),
+        mean=[0.3],
+        std=[0.3],
+    )
+
+
+class SeesStudentInputs(DFAD):
+    """A system that records the batch size of every student update and counts the imitation stage's labels."""
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.sizes: list[int] = []
+        self.labels = 0
+        self.teacher.register_forward_hook(self._count)
+
+    def _count(self, module: torch.nn.Module, inputs: tuple[Tensor, ...], output: Tensor) -> None:
+        if not torch.is_grad_enabled() and self.training:  # the teacher labels a student step's sample
+            self.labels += 1
+
+    def discrepancy(self, student_out: Tensor, teacher_out: Tensor) -> Tensor:
+        if torch.is_grad_enabled() and not teacher_out.requires_grad:  # a student update
+            self.sizes.append(len(student_out))
+        return super().discrepancy(student_out, teacher_out)
+
+
+@pytest.fixture(scope="session")
+def make_system() -> Callable[..., DFAD]:
+    """Build a small seeded system: ``make_system(cls=DFAD, batchnorm_teacher=False, **arguments)``."""
+    return build_system
+
+
+@pytest.fixture(scope="session")
+def make_datamodule() -> Callable[..., DFADDataModule]:
+    """Build the small systems' datamodule: ``make_datamodule(iterations=4)``."""
+    return build_datamodule
+
+
+@pytest.fixture(scope="session")
+def fit() -> Callable[..., L.Trainer]:
+    """Train a system on the CPU: ``fit(system, root, epochs=2, datamodule=None, **trainer_arguments)``.
+
+    No logger, no sanity evaluation; checkpoints only where a checkpoint callback is given. The
+    datamodule defaults to :func:`build_datamodule`'s (4 iterations per epoch).
+    """
+
+    def run_fit(
+        system: DFAD, root: Path, epochs: int = 2, datamodule: L.LightningDataModule | None = None, **kwargs: Any
+    ) -> L.Trainer:
+        saves = any(isinstance(cb, Checkpoint) for cb in kwargs.get("callbacks", []))
+        trainer = L.Trainer(
+            max_epochs=epochs,
+            accelerator="cpu",
+            logger=False,
+            enable_checkpointing=saves,
+            enable_progress_bar=False,
+            num_sanity_val_steps=0,
+            default_root_dir=root,
+            **kwargs,
+        )
+        trainer.fit(system, datamodule=datamodule or build_datamodule())
+        return trainer
+
+    return run_fit
 
 
 def pytest_configure(config: pytest.Config) -> None:

@@ -55,9 +55,9 @@ def test_every_run_of_the_panel_composes(make_cfg, tmp_path):
     # on the setting with the most overrides (the BatchNorm teacher), cover each override once.
     panel = load_panel()
     pairs = {(setting, method) for setting in panel.SETTINGS for method in ("dfad", "robust")}
-    pairs |= {("mnist_bn", method) for method in panel.RUNNABLE}
+    pairs |= {("mnist_bn", method) for method in panel.METHODS}
     for setting, method in sorted(pairs):
-        dataset, overrides = panel.SETTINGS[setting], panel.RUNNABLE[method]
+        dataset, overrides = panel.SETTINGS[setting], panel.METHODS[method]
         teacher = [] if setting in panel.OWN_TEACHER else [f"teacher.checkpoint={tmp_path / 't.pt'}"]
         filled = [o.format(data=tmp_path, out=tmp_path) for o in [*dataset, *teacher, *panel.SIZE, *overrides]]
         cfg = make_cfg(*filled, tiny=False)
@@ -67,6 +67,19 @@ def test_every_run_of_the_panel_composes(make_cfg, tmp_path):
         assert cfg.data.batch_size * cfg.trainer.max_epochs == 128 * 6, (setting, method)  # the same samples
         assert cfg.recipe.name == ("robust" if "recipe=robust" in overrides else "paper"), (setting, method)
     assert make_cfg(*[o.format(data=tmp_path, out=tmp_path) for o in panel.GREY_IDX]).dataset.name == "idx"
+
+
+def test_a_variant_is_a_named_method_given_on_the_command_line(make_cfg, tmp_path):
+    panel = load_panel()
+    (name, overrides), *_ = panel.variants([["robust_ngf32", "recipe=robust generator.ngf=32"]]).items()
+    assert name == "robust_ngf32" and overrides == ["recipe=robust", "generator.ngf=32"]
+    cfg = make_cfg(*panel.SETTINGS["digits"], *panel.SIZE, *overrides, tiny=False)
+    assert cfg.generator.ngf == 32 and cfg.recipe.name == "robust"
+    done = subprocess.run(
+        [sys.executable, "benchmarks/panel.py", "--data-dir", str(tmp_path), "--methods", "robust_ngf32"],
+        cwd=ROOT, capture_output=True, text=True,
+    )  # fmt: skip
+    assert done.returncode == 2 and "unknown method robust_ngf32" in done.stderr and "--variant" in done.stderr
 
 
 def test_a_setting_that_shares_a_teacher_loads_it_instead_of_training_another(tmp_path):
@@ -116,6 +129,5 @@ def test_every_configuration_of_the_speed_benchmark_composes():
     for name in speed.CONFIGS:
         cfg = speed.load_config(name)
         assert cfg.data.batch_size > 0 and cfg.system.student_steps > 0, name
-    small, half = speed.load_config("panel_mnist_bn"), speed.load_config("panel_mnist_bn_b64")
-    assert (small.data.batch_size, half.data.batch_size) == (128, 64)
-    assert small.recipe.name == half.recipe.name == "robust" and small.teacher.net == half.teacher.net
+    panel = speed.load_config("panel_mnist_bn")
+    assert panel.data.batch_size == 128 and panel.recipe.name == "robust" and panel.system.student_minibatches == "auto"

@@ -264,3 +264,50 @@ def test_help_lists_the_config_groups():
     ).stdout
     for group in GROUPS:
         assert f"{group}: " in out, group
+
+
+@pytest.mark.parametrize(
+    "option",
+    [
+        "system.ema_decay=0.9",
+        "system.replay_size=64",
+        "system.balance=1",
+        "system.one_hot=1",
+        "system.student_reuse=2",
+        "system.student_minibatches=2",
+        "system.input_affine=true",
+    ],
+)
+def test_each_option_of_the_loop_runs_through_the_config(make_cfg, option):
+    from dfad_lightning.tasks import run
+
+    results = run(make_cfg(option))
+    assert results["student"]["final"] is not None
+
+
+def test_python_defaults_of_the_system_are_the_configs(make_cfg):
+    """One default for each argument: DFAD's signature and conf/train.yaml agree (the recipe and datasets override)."""
+    import inspect
+
+    from hydra.utils import instantiate
+    from omegaconf import OmegaConf
+
+    from dfad_lightning.systems import DFAD
+
+    cfg = make_cfg("recipe=paper", "dataset=mnist", tiny=False)  # no dataset-specific system values
+    system = OmegaConf.to_container(cfg.system, resolve=False)
+    for name, parameter in inspect.signature(DFAD.__init__).parameters.items():
+        if parameter.default is inspect.Parameter.empty or name not in system:
+            continue
+        configured = system[name]
+        if isinstance(configured, dict) and "_target_" in configured:  # an optimizer factory
+            built = instantiate(configured)([torch.zeros(1, requires_grad=True)])
+            default = parameter.default([torch.zeros(1, requires_grad=True)])
+            assert type(built) is type(default), name
+            assert {k: built.defaults[k] for k in ("lr", "weight_decay")} == {
+                k: default.defaults[k] for k in ("lr", "weight_decay")
+            }, name
+        elif not (isinstance(configured, str) and configured.startswith("${")):
+            assert configured == parameter.default, (
+                f"{name}: the config says {configured!r}, DFAD {parameter.default!r}"
+            )

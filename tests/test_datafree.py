@@ -7,8 +7,6 @@ import math
 
 import pytest
 import torch
-from test_dfad import fit as fit_system
-from test_dfad import make_system
 
 from dfad_lightning.callbacks import DataFreeProbe
 from dfad_lightning.callbacks.probe import sampling_noise
@@ -17,15 +15,21 @@ from dfad_lightning.networks import LeNet5
 from dfad_lightning.tasks import run
 
 
-def fit(tmp_path, callbacks, epochs=3):
-    system = make_system()
-    return system, fit_system(system, tmp_path, epochs, callbacks=callbacks)
+@pytest.fixture
+def fit_probed(make_system, fit):
+    """Train the small system with ``callbacks`` for ``epochs``; return it and its trainer."""
+
+    def probed(tmp_path, callbacks, epochs=3):
+        system = make_system()
+        return system, fit(system, tmp_path, epochs, callbacks=callbacks)
+
+    return probed
 
 
-def test_the_probe_logs_every_epoch_and_leaves_training_unchanged(tmp_path):
+def test_the_probe_logs_every_epoch_and_leaves_training_unchanged(tmp_path, fit_probed):
     probe = DataFreeProbe(tmp_path / "probes", nz=16, samples_per_snapshot=8, max_snapshots=2)
-    probed, trainer = fit(tmp_path, [probe])
-    plain, _ = fit(tmp_path, [])
+    probed, trainer = fit_probed(tmp_path, [probe])
+    plain, _ = fit_probed(tmp_path, [])
     for a, b in zip(probed.state_dict().values(), plain.state_dict().values(), strict=True):
         assert torch.equal(a, b)  # snapshots and comparisons change no weight, statistic or random stream
     names = {
@@ -49,7 +53,7 @@ def test_the_probe_logs_every_epoch_and_leaves_training_unchanged(tmp_path):
     assert probe.snapshots[2].shape == (8, 1, 32, 32)
 
 
-def test_the_probe_set_is_fixed_noise_through_each_epochs_generator(tmp_path):
+def test_the_probe_set_is_fixed_noise_through_each_epochs_generator(tmp_path, make_system):
     probe = DataFreeProbe(tmp_path, nz=16, samples_per_snapshot=4)
     system = make_system()
     first, again = probe.snapshot(system, 0), probe.snapshot(system, 0)
@@ -202,7 +206,7 @@ class ClassOfInput(torch.nn.Module):
     ("classes", "expected"),
     [([0] * 20, 0.0), (list(range(10)) * 2, 1.0), ([0, 1] * 10, math.log(2) / math.log(10)), ([3, 7], 1.0)],
 )
-def test_the_class_spread_is_the_normalised_entropy_of_the_teachers_classes(tmp_path, classes, expected):
+def test_the_class_spread_is_the_normalised_entropy_of_the_teachers_classes(tmp_path, classes, expected, make_system):
     system = make_system()
     system.teacher = ClassOfInput()
     inputs = torch.tensor(classes, dtype=torch.float).view(-1, 1, 1, 1).expand(-1, 1, 4, 4)
@@ -217,7 +221,7 @@ class Dense(torch.nn.Module):
         return torch.zeros(len(x), 5, 4, 4)
 
 
-def test_dense_outputs_have_no_class_spread(tmp_path):
+def test_dense_outputs_have_no_class_spread(tmp_path, make_system):
     system = make_system()
     system.teacher = Dense()
     assert system.top_classes(torch.zeros(3, 5, 4, 4)) is None
@@ -249,7 +253,9 @@ def standardised(n, mean, std):
     ("mean", "std", "expected"),
     [(1.0, 2.0, 0.0), (2.0, 2.0, 0.5), (1.0, 4.0, math.log(4)), (0.0, 1.0, 0.5 + math.log(4))],
 )
-def test_the_batchnorm_gap_measures_inputs_against_the_statistics_the_teacher_learnt(tmp_path, mean, std, expected):
+def test_the_batchnorm_gap_measures_inputs_against_the_statistics_the_teacher_learnt(
+    tmp_path, mean, std, expected, make_system
+):
     system = make_system()
     system.teacher = Standardising()
     inputs = standardised(20, mean, std)
@@ -259,16 +265,14 @@ def test_the_batchnorm_gap_measures_inputs_against_the_statistics_the_teacher_le
     assert not any(m._forward_hooks for m in system.teacher.modules())  # its hooks are gone again
 
 
-def test_a_teacher_without_batchnorm_has_no_batchnorm_gap(tmp_path):
+def test_a_teacher_without_batchnorm_has_no_batchnorm_gap(tmp_path, make_system):
     assert DataFreeProbe(tmp_path, nz=16).batchnorm_gap(make_system(), torch.zeros(4, 1, 32, 32)) is None
 
 
-def test_a_batchnorm_teacher_logs_the_batchnorm_gap_every_epoch(tmp_path):
-    from test_stabilisers import with_batchnorm
-
+def test_a_batchnorm_teacher_logs_the_batchnorm_gap_every_epoch(tmp_path, make_system, fit):
     probe = DataFreeProbe(tmp_path / "probes", nz=16, samples_per_snapshot=8)
-    system = with_batchnorm()
-    trainer = fit_system(system, tmp_path, 2, callbacks=[probe])
+    system = make_system(batchnorm_teacher=True)
+    trainer = fit(system, tmp_path, 2, callbacks=[probe])
     gaps = [h["latest_bn_gap"] for h in probe.history]
     assert len(gaps) == 2 and all(g > 0 for g in gaps)
     assert trainer.callback_metrics["val_datafree/latest_bn_gap"] == pytest.approx(gaps[-1])

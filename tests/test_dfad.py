@@ -7,23 +7,12 @@ from functools import partial
 import lightning as L
 import pytest
 import torch
-from torch import Tensor
+from conftest import K, same, snapshot
 from torchmetrics.classification import MulticlassAccuracy
 
-from dfad_lightning.data import DFADDataModule, Digits
 from dfad_lightning.errors import ConfigError
 from dfad_lightning.networks import GeneratorA, LeNet5, lenet5_half
 from dfad_lightning.systems import DFAD
-
-K = 3
-
-
-def snapshot(module: torch.nn.Module) -> dict[str, Tensor]:
-    return {k: v.detach().clone() for k, v in module.state_dict().items()}
-
-
-def same(a: dict[str, Tensor], b: dict[str, Tensor]) -> bool:
-    return a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
 
 
 class Recording(DFAD):
@@ -54,49 +43,8 @@ class Recording(DFAD):
         self.generator_losses.append(float(self.trainer.callback_metrics["train/loss_generator"]))
 
 
-def make_system(cls=DFAD, **kwargs) -> DFAD:
-    L.seed_everything(0, verbose=False)
-    return cls(
-        teacher=LeNet5(1, 10),
-        student=lenet5_half(1, 10),
-        generator=GeneratorA(nz=16, channels=1, image_size=32, ngf=8),
-        metric=MulticlassAccuracy(num_classes=10, average="micro"),
-        metric_name="acc",
-        student_steps=K,
-        student_optimizer=partial(torch.optim.SGD, lr=0.05, momentum=0.9),
-        **kwargs,
-    )
-
-
-def make_datamodule(iterations: int = 4) -> DFADDataModule:
-    return DFADDataModule(
-        nz=16,
-        batch_size=8,
-        student_steps=K,
-        iterations_per_epoch=iterations,
-        eval_dataset=partial(Digits, split="test"),
-        mean=[0.3],
-        std=[0.3],
-    )
-
-
-def fit(system: DFAD, tmp_path, epochs: int = 2, **trainer_kwargs) -> L.Trainer:
-    trainer = L.Trainer(
-        max_epochs=epochs,
-        accelerator="cpu",
-        logger=False,
-        enable_checkpointing=False,
-        enable_progress_bar=False,
-        num_sanity_val_steps=0,
-        default_root_dir=tmp_path,
-        **trainer_kwargs,
-    )
-    trainer.fit(system, datamodule=make_datamodule())
-    return trainer
-
-
 @pytest.fixture(scope="module")
-def trained(tmp_path_factory):
+def trained(tmp_path_factory, make_system, fit):
     system = make_system(Recording)
     before = {name: snapshot(getattr(system, name)) for name in ("teacher", "student", "generator")}
     trainer = fit(system, tmp_path_factory.mktemp("fit"))
@@ -147,7 +95,7 @@ def test_evaluation_logs_student_best_and_teacher_scores(trained):
     assert float(system.last_score) == pytest.approx(float(metrics["val/acc"]))
 
 
-def test_teacher_is_measured_once(tmp_path):
+def test_teacher_is_measured_once(tmp_path, make_system, fit):
     system = make_system()
     calls = []
     original = system.teacher.forward
@@ -158,7 +106,7 @@ def test_teacher_is_measured_once(tmp_path):
     assert evaluation_calls == 2
 
 
-def test_lr_schedules_step_once_per_epoch_not_per_optimizer_step(tmp_path):
+def test_lr_schedules_step_once_per_epoch_not_per_optimizer_step(tmp_path, make_system, fit):
     step_lr = partial(torch.optim.lr_scheduler.StepLR, step_size=1, gamma=0.5)
     system = make_system(student_scheduler=step_lr, generator_scheduler=step_lr)
     fit(system, tmp_path, epochs=2)
@@ -167,7 +115,7 @@ def test_lr_schedules_step_once_per_epoch_not_per_optimizer_step(tmp_path):
     assert opt_g.param_groups[0]["lr"] == pytest.approx(1e-3 * 0.25)
 
 
-def test_checkpoints_leave_the_teacher_out_and_loading_restores_it(tmp_path):
+def test_checkpoints_leave_the_teacher_out_and_loading_restores_it(tmp_path, make_system, fit):
     system = make_system()
     trainer = fit(system, tmp_path, epochs=1)
     path = tmp_path / "x.ckpt"
@@ -185,7 +133,7 @@ def test_checkpoints_leave_the_teacher_out_and_loading_restores_it(tmp_path):
     assert same(snapshot(restored.teacher), snapshot(system.teacher))
 
 
-def test_checkpoint_teacher_keeps_it(tmp_path):
+def test_checkpoint_teacher_keeps_it(tmp_path, make_system, fit):
     system = make_system(checkpoint_teacher=True)
     trainer = fit(system, tmp_path, epochs=1)
     trainer.save_checkpoint(tmp_path / "x.ckpt")
@@ -193,7 +141,7 @@ def test_checkpoint_teacher_keeps_it(tmp_path):
     assert any(k.startswith("teacher.") for k in state)
 
 
-def test_wrong_number_of_noise_batches_is_refused(tmp_path):
+def test_wrong_number_of_noise_batches_is_refused(make_system, make_datamodule):
     system = make_system()
     datamodule = make_datamodule()
     datamodule.student_steps = K + 1
@@ -203,11 +151,11 @@ def test_wrong_number_of_noise_batches_is_refused(tmp_path):
 
 
 def test_student_steps_below_one_are_refused():
-    with pytest.raises(ConfigError, match=r"^system\.student_steps: must be at least 1, got 0$"):
+    with pytest.raises(ConfigError, match=r"^student_steps: must be an integer, at least 1, got 0$"):
         DFAD(LeNet5(), lenet5_half(), GeneratorA(16, 1, 32, 8), MulticlassAccuracy(10), "acc", student_steps=0)
 
 
-def test_channels_last_stores_the_networks_channels_last_and_still_trains(tmp_path):
+def test_channels_last_stores_the_networks_channels_last_and_still_trains(tmp_path, make_system, fit):
     system = make_system(channels_last=True)
     before = snapshot(system.generator)
     fit(system, tmp_path, epochs=1)
@@ -216,7 +164,7 @@ def test_channels_last_stores_the_networks_channels_last_and_still_trains(tmp_pa
     assert not same(snapshot(system.generator), before)
 
 
-def test_hydra_partials_become_plain_partials_of_the_same_function():
+def test_hydra_partials_become_plain_partials_of_the_same_function(make_system):
     # Hydra's partials re-check its target policy on every call; the system keeps a plain one.
     from hydra.utils import instantiate
 

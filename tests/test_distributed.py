@@ -10,7 +10,6 @@ import lightning as L
 import pytest
 import torch
 from conftest import ROOT
-from test_dfad import make_datamodule, make_system
 
 from dfad_lightning.errors import ConfigError
 from dfad_lightning.tasks import run
@@ -84,7 +83,9 @@ def test_sync_batchnorm_on_the_cpu_is_refused_naming_the_key(make_cfg):
         run(make_cfg("trainer=ddp", "trainer.accelerator=cpu", "trainer.sync_batchnorm=true"))
 
 
-def test_bf16_mixed_precision_runs_the_loop_under_lightnings_autocast_on_the_cpu(tmp_path):
+def test_bf16_mixed_precision_runs_the_loop_under_lightnings_autocast_on_the_cpu(
+    tmp_path, make_system, make_datamodule
+):
     dtypes = []
 
     def recording_mae(student_out, teacher_out):

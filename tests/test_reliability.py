@@ -8,12 +8,10 @@ import math
 import re
 import shutil
 
-import lightning as L
 import pytest
 import torch
 from conftest import TINY
 from hydra.errors import ConfigCompositionException
-from test_dfad import make_datamodule, make_system
 
 from dfad_lightning import tasks
 from dfad_lightning.callbacks import LastCheckpoint
@@ -36,24 +34,21 @@ class NaNAfter:
         return loss * float("nan") if self.calls >= self.n else loss
 
 
-def fit(system, tmp_path, epochs=2):
-    trainer = L.Trainer(
-        max_epochs=epochs,
-        logger=False,
-        enable_progress_bar=False,
-        num_sanity_val_steps=0,
-        callbacks=[LastCheckpoint(tmp_path / "ckpt", every_n_iterations=1)],
-        default_root_dir=tmp_path,
-    )
-    trainer.fit(system, datamodule=make_datamodule())
-    return trainer
+@pytest.fixture
+def fit_saving(fit):
+    """Train ``system`` for ``epochs``, saving ``tmp_path/ckpt/last.ckpt`` after every iteration."""
+
+    def saving(system, tmp_path, epochs=2):
+        return fit(system, tmp_path, epochs, callbacks=[LastCheckpoint(tmp_path / "ckpt", every_n_iterations=1)])
+
+    return saving
 
 
-def test_a_nan_loss_stops_the_run_naming_the_iteration_and_the_last_good_checkpoint(tmp_path):
+def test_a_nan_loss_stops_the_run_naming_the_iteration_and_the_last_good_checkpoint(tmp_path, make_system, fit_saving):
     # K = 3 student steps + 1 generator step = 4 discrepancy calls per iteration: call 10 is in iteration 3.
     system = make_system(discrepancy=NaNAfter(10))
     with pytest.raises(NonFiniteLossError) as err:
-        fit(system, tmp_path)
+        fit_saving(system, tmp_path)
     message = str(err.value)
     assert "student loss (student step 2 of 3)" in message and "in iteration 3 " in message
     assert str(tmp_path / "ckpt" / "last.ckpt") in message
@@ -63,30 +58,30 @@ def test_a_nan_loss_stops_the_run_naming_the_iteration_and_the_last_good_checkpo
     assert weights and all(torch.isfinite(v).all() for v in weights.values() if v.is_floating_point())
 
 
-def test_with_student_reuse_the_nan_names_the_update_and_iterations_still_count(tmp_path):
+def test_with_student_reuse_the_nan_names_the_update_and_iterations_still_count(tmp_path, make_system, fit_saving):
     # K = 3 steps x 2 updates + 1 generator step = 7 discrepancy calls per iteration: call 18 is in
     # iteration 3, its 4th update: student step 2, update 2.
     system = make_system(discrepancy=NaNAfter(18), student_reuse=2)
     with pytest.raises(NonFiniteLossError) as err:
-        fit(system, tmp_path)
+        fit_saving(system, tmp_path)
     message = str(err.value)
     assert "student loss (student step 2 of 3, update 2 of 2)" in message and "in iteration 3 " in message
     saved = torch.load(tmp_path / "ckpt" / "last.ckpt", weights_only=True)
     assert saved["global_step"] == 2 * 7 and system.steps_per_iteration == 7
 
 
-def test_with_student_minibatches_the_nan_names_the_update(tmp_path):
+def test_with_student_minibatches_the_nan_names_the_update(tmp_path, make_system, fit_saving):
     # K = 3 steps x 2 minibatches + 1 generator step = 7 discrepancy calls per iteration, as above.
     system = make_system(discrepancy=NaNAfter(18), student_minibatches=2)
     with pytest.raises(
         NonFiniteLossError, match=r"student loss \(student step 2 of 3, update 2 of 2\) is nan in iteration 3 "
     ):
-        fit(system, tmp_path)
+        fit_saving(system, tmp_path)
 
 
-def test_skip_mode_skips_and_counts_nonfinite_steps(tmp_path):
+def test_skip_mode_skips_and_counts_nonfinite_steps(tmp_path, make_system, fit_saving):
     system = make_system(discrepancy=NaNAfter(10), nonfinite="skip")
-    fit(system, tmp_path, epochs=1)  # 4 iterations: from call 10 on, every step is skipped
+    fit_saving(system, tmp_path, epochs=1)  # 4 iterations: from call 10 on, every step is skipped
     assert int(system.skipped_steps) == 16 - 9
     assert all(torch.isfinite(p).all() for p in system.student.parameters())
 
@@ -357,17 +352,17 @@ class NaNPriorsAfter(DFAD):
         return loss * float("nan") if self.calls >= self.nan_after else loss
 
 
-def test_a_nan_in_the_warmup_stops_the_run_too(tmp_path):
+def test_a_nan_in_the_warmup_stops_the_run_too(tmp_path, make_system, fit_saving):
     system = make_system(cls=NaNPriorsAfter, nan_after=3, generator_warmup=4, balance=1.0)
     with pytest.raises(NonFiniteLossError, match=r"the generator loss \(warm-up\) is nan in iteration 3 "):
-        fit(system, tmp_path)
+        fit_saving(system, tmp_path)
     saved = torch.load(tmp_path / "ckpt" / "last.ckpt", weights_only=True)
     assert saved["global_step"] == 2  # the two good warm-up iterations, nothing after
 
 
-def test_skip_mode_skips_nonfinite_warmup_steps(tmp_path):
+def test_skip_mode_skips_nonfinite_warmup_steps(tmp_path, make_system, fit_saving):
     system = make_system(cls=NaNPriorsAfter, nan_after=2, generator_warmup=3, balance=1.0, nonfinite="skip")
-    fit(system, tmp_path, epochs=1)  # 4 iterations: 3 in the warm-up, the last two of them NaN
+    fit_saving(system, tmp_path, epochs=1)  # 4 iterations: 3 in the warm-up, the last two of them NaN
     # skipped: those two warm-up steps and the generator step of the one iteration after them
     assert int(system.skipped_steps) == 2 + 1
     assert all(torch.isfinite(p).all() for p in system.generator.parameters())

@@ -19,7 +19,7 @@ pytestmark = pytest.mark.slow  # real processes, killed and resumed
 # deterministic CPU kernels, and every stabiliser that carries state: the student's moving average
 # (then the student a run delivers, in student.pt), the replay memory, and a generator warm-up
 # over the first WARMUP iterations (one optimizer step each; then 5 student steps of 2 minibatches
-# + 1 generator step); and random translations of the samples, whose stream follows the optimizer step.
+# + 1 generator step).
 WARMUP = 3
 STEP_LR = "{_target_:torch.optim.lr_scheduler.StepLR,_partial_:true,step_size:1,gamma:0.5}"
 RUN = [
@@ -35,8 +35,6 @@ RUN = [
     "system.replay_size=40",
     "system.balance=1",
     f"system.generator_warmup={WARMUP}",
-    "system.generator_warmup_lr_scale=10",
-    "system.shift=0.125",
     "system.student_minibatches=2",
     "system.input_affine=true",
 ]

@@ -152,15 +152,18 @@ def tiny_system(**kwargs) -> SegmentationDFAD:
     )
 
 
-def fit_tiny(system: SegmentationDFAD, epochs: int) -> L.Trainer:
+@pytest.fixture
+def fit_tiny(fit, tmp_path):
     """Train ``system`` on noise for ``epochs`` of 2 iterations of batch 4, evaluating on FakeScenes."""
-    data = DFADDataModule(nz=8, batch_size=4, student_steps=2, iterations_per_epoch=2, eval_dataset=FakeScenes)
-    trainer = L.Trainer(max_epochs=epochs, logger=False, enable_checkpointing=False, enable_progress_bar=False)
-    trainer.fit(system, datamodule=data)
-    return trainer
+
+    def tiny(system: SegmentationDFAD, epochs: int) -> L.Trainer:
+        data = DFADDataModule(nz=8, batch_size=4, student_steps=2, iterations_per_epoch=2, eval_dataset=FakeScenes)
+        return fit(system, tmp_path, epochs, datamodule=data)
+
+    return tiny
 
 
-def test_segmentation_is_the_base_loop_with_per_class_iou(tmp_path):
+def test_segmentation_is_the_base_loop_with_per_class_iou(tmp_path, fit_tiny):
     assert SegmentationDFAD.training_step is DFAD.training_step  # the loop is shared, not copied
     system = tiny_system()
     teacher = system.teacher
@@ -177,7 +180,7 @@ def test_segmentation_is_the_base_loop_with_per_class_iou(tmp_path):
         SegmentationDFAD(teacher, teacher, system.generator, MulticlassAccuracy(4), "acc", class_names=["a"])
 
 
-def test_the_replay_memory_keeps_the_teachers_per_pixel_outputs():
+def test_the_replay_memory_keeps_the_teachers_per_pixel_outputs(fit_tiny):
     system = tiny_system(student_reuse=2, replay_size=16)
     fit_tiny(system, epochs=1)
     memory = system.memory

@@ -14,8 +14,12 @@ class ConfigError(ValueError):
     """
 
     def __init__(self, key: str, message: str) -> None:
-        self.key = key
+        self.key, self.message = key, message
         super().__init__(f"{key}: {message}")
+
+    def under(self, prefix: str) -> ConfigError:
+        """The same error for a config: an argument's name becomes ``prefix.name`` (dotted keys stay)."""
+        return self if "." in self.key else ConfigError(f"{prefix}.{self.key}", self.message)
 
 
 class NonFiniteLossError(RuntimeError):

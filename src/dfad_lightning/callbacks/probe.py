@@ -72,9 +72,8 @@ class DataFreeProbe(Callback):
         batch_size: Batch size of the comparison.
         seed: Seed of the snapshots' noise (snapshot ``e`` uses ``seed + e``) and of the noise probes.
         monitor: The value (without ``val_datafree/``) that selects a checkpoint in :meth:`selected`;
-            keep it equal to the ``ModelCheckpoint``'s (the default config does). ``latest_mae``
-            selected the best students of the paper's game in ``benchmarks/datafree_signal.py``,
-            ``agreement`` those of the recipe on the robustness panel (README).
+            keep it equal to the ``ModelCheckpoint``'s (the default config does; docs/datafree.md
+            compares the choices).
         mode: ``"min"`` or ``"max"``: which end of ``monitor`` is better.
     """
 
@@ -176,11 +175,11 @@ class DataFreeProbe(Callback):
         (and positions) are compared with the running ones the layer learnt from the teacher's
         training data: ``|mean - running_mean| / running_std + |log(var / running_var)|``, averaged
         over the layer's channels. The gap is the largest over the layers. It has no unit: 0 is
-        the teacher's training data itself; 64 test images of that data score about 0.1 (sampling
-        alone), images of a shifted copy more (a teacher trained elsewhere, on a JPEG copy of its
-        test set: 0.65 over 512 images, README). A generator whose samples sit elsewhere (wrong
-        contrast, no BatchNorm prior) makes the teacher answer on inputs unlike anything it
-        learnt from, which the agreement cannot show.
+        the teacher's training data itself; a few dozen real images score a little above 0 from
+        sampling alone, images of a shifted copy of the data more (docs/datafree.md gives
+        figures). A generator whose samples sit elsewhere (wrong contrast, no BatchNorm prior)
+        makes the teacher answer on inputs unlike anything it learnt from, which the agreement
+        cannot show.
         ``None`` where the teacher has no BatchNorm layer with running statistics.
         """
         system = cast(DFAD, pl_module)
@@ -273,19 +272,14 @@ class DataFreeProbe(Callback):
 
         A fall counts only where it is also larger than the probes' sampling noise
         (:func:`sampling_noise`): an agreement measured on a few hundred probes moves by a few
-        hundredths from the draw of the probes alone, which on the panel warned of runs whose
-        real accuracy was rising.
+        hundredths from the draw of the probes alone. docs/datafree.md says how each threshold
+        was set.
 
         Args:
             drop: How far below its peak the final agreement may be.
             floor: The lowest acceptable final agreement.
-            spread: The lowest acceptable final class spread. On the robustness panel (README)
-                every run that ended below 0.7 had failed (student/teacher 0.07 to 0.48), and
-                every run at half its teacher or more was at 0.79 or above.
-            bn_gap: The highest acceptable final BatchNorm gap. On the panel's three BatchNorm
-                teachers (README) all 38 runs at 0.47 of their teacher or more ended at 0.23 or
-                below, and all 16 at 0.33 or less (DFAD, DAFL, DFQ, and the recipe without its
-                learnt contrast on ``grey_idx_bn``) at 0.75 or above.
+            spread: The lowest acceptable final class spread.
+            bn_gap: The highest acceptable final BatchNorm gap.
         """
         values = [h["agreement"] for h in self.history]
         if not values:

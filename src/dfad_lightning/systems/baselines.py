@@ -18,7 +18,7 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
-from dfad_lightning.errors import ConfigError
+from dfad_lightning.rules import Rule, check_arguments
 from dfad_lightning.systems.dfad import DFAD
 
 
@@ -34,10 +34,16 @@ class DirectKD(DFAD):
         **kwargs: As :class:`DFAD` (``train_generator`` is always off).
     """
 
+    RULES = (
+        *DFAD.RULES,
+        Rule("inputs", str, choices=("data", "noise"), doc="method=kd_*: real images (data) or noise images (noise)"),
+    )
+
     def __init__(self, *args: Any, inputs: str = "data", image_shape: Sequence[int] = (), **kwargs: Any) -> None:
+        check_arguments(self.RULES, {"inputs": inputs})
         super().__init__(*args, **{**kwargs, "train_generator": False})
-        if inputs not in ("data", "noise") or (inputs == "noise" and len(image_shape) != 3):
-            raise ValueError("inputs must be 'data', or 'noise' with a (channels, height, width) image_shape")
+        if inputs == "noise" and len(image_shape) != 3:
+            raise ValueError("inputs='noise' needs a (channels, height, width) image_shape")
         self.inputs = inputs
         self.image_shape = tuple(int(s) for s in image_shape)
 
@@ -65,15 +71,12 @@ class DAFL(DFAD):
         **kwargs: As :class:`DFAD`.
     """
 
+    RULES = (*DFAD.RULES, Rule("activation", float, low=0, doc="method=dafl: weight of the activation loss"))
+
     def __init__(
         self, *args: Any, one_hot: float = 1.0, activation: float = 0.1, balance: float = 5.0, **kwargs: Any
     ) -> None:
-        if kwargs.get("adversarial_agreement"):
-            raise ConfigError(
-                "system.adversarial_agreement",
-                "masks the generator's adversarial term, and DAFL's generator learns against the teacher alone "
-                "(no adversarial term): set it to false with method=dafl",
-            )
+        check_arguments(self.RULES, {"activation": activation})
         super().__init__(*args, **{**kwargs, "one_hot": one_hot, "balance": balance})
         self.activation = activation
         last_linear = [m for m in self.teacher.modules() if isinstance(m, nn.Linear)]

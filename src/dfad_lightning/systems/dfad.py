@@ -4,8 +4,7 @@ from __future__ import annotations
 
 import math
 import warnings
-from collections.abc import Callable, Iterator
-from contextlib import contextmanager
+from collections.abc import Callable
 from functools import partial
 from typing import Any, Literal, cast
 
@@ -24,18 +23,16 @@ from dfad_lightning import losses
 from dfad_lightning.errors import ConfigError, NonFiniteLossError
 from dfad_lightning.metrics import check_class_labels
 from dfad_lightning.networks.generators import ScaleShift
-from dfad_lightning.systems.augment import random_shift
+from dfad_lightning.rules import POSITIVE, Rule, check_arguments
 from dfad_lightning.systems.memory import ReplayMemory
 
 REPLAY_DTYPES = ("float32", "bfloat16", "float16")
-# student_minibatches="auto": up to this many where the BatchNorm prior acts, 1 elsewhere (README, the robustness
-# panel), and none smaller than AUTO_MIN_PART samples (the panel measured parts of 32 and 64, none smaller).
+# student_minibatches="auto": up to this many parts where the BatchNorm prior acts, none smaller
+# than AUTO_MIN_PART samples (docs/recipe.md says why).
 AUTO_MINIBATCHES = 4
 AUTO_MIN_PART = 32
-# input_affine: its scale and shift learn at this multiple of the generator's LR. Adam moves a parameter
-# by about its LR per step, and these must be able to cross their range (a standard deviation of 1 to
-# one of 0.5, say) within a warm-up of 100 generator steps. Measured afterwards against 1, 3 and 30 on
-# the panel's BatchNorm teachers (seed 0; README): 10 was the best on each.
+# input_affine: its scale and shift learn at this multiple of the generator's LR, so that Adam
+# (about one LR per step) can move them across their range within a warm-up.
 INPUT_AFFINE_LR_FACTOR = 10.0
 REPLAY_WARN_BYTES = 2**30  # a replay memory above this size warns (see DFAD._new_memory)
 # Where a DFAD checkpoint keeps the student a run delivers (final_student): the moving average
@@ -47,8 +44,9 @@ SchedulerFactory = Callable[[Optimizer], LRScheduler]
 Discrepancy = Callable[[Tensor, Tensor], Tensor]
 Adversarial = Callable[[Tensor], Tensor]
 
-# The paper's optimizers (Sec. A): SGD with momentum for the student, Adam for the generator.
-SGD_DEFAULT: OptimizerFactory = partial(SGD, lr=0.1, momentum=0.9, weight_decay=5e-4)
+# The paper's optimizers for its MNIST row (Table 7; weight decay as the authors' MNIST script),
+# which conf/train.yaml also sets: SGD with momentum for the student, Adam for the generator.
+SGD_DEFAULT: OptimizerFactory = partial(SGD, lr=0.01, momentum=0.9, weight_decay=1e-4)
 ADAM_DEFAULT: OptimizerFactory = partial(Adam, lr=1e-3)
 
 
@@ -64,34 +62,13 @@ def auto_minibatches(batch_size: int) -> int:
 def _plain(fn: Callable[..., Tensor]) -> Callable[..., Tensor]:
     """``fn`` as a plain :class:`functools.partial` if it is a subclass of one, else ``fn`` itself.
 
-    Hydra's ``_partial_: true`` gives a partial that re-checks Hydra's target policy on every call
-    (about 0.2 ms, when the whole student update of a small network takes 2 to 4 ms on a CPU, and
-    the losses are called for every update); the target, arguments and result stay the same.
+    Hydra's ``_partial_: true`` gives a partial that re-checks Hydra's target policy on every
+    call, a cost comparable to a small network's update on a CPU; the target, arguments and
+    result stay the same.
     """
     if isinstance(fn, partial) and type(fn) is not partial:
         return partial(fn.func, *fn.args, **fn.keywords)
     return fn
-
-
-@contextmanager
-def _scaled_lr(optimizer: Optimizer, scale: float) -> Iterator[None]:
-    """Every parameter group of ``optimizer`` at ``scale`` times its LR inside the block, exactly its own after.
-
-    >>> opt = torch.optim.SGD([torch.zeros(1, requires_grad=True)], lr=0.1)
-    >>> with _scaled_lr(opt, 10.0):
-    ...     opt.param_groups[0]["lr"]
-    1.0
-    >>> opt.param_groups[0]["lr"]
-    0.1
-    """
-    rates = [group["lr"] for group in optimizer.param_groups]
-    for group, lr in zip(optimizer.param_groups, rates, strict=True):
-        group["lr"] = lr * scale
-    try:
-        yield
-    finally:  # restored, not divided back: the schedules and later steps see the rates they set
-        for group, lr in zip(optimizer.param_groups, rates, strict=True):
-            group["lr"] = lr
 
 
 class DFAD(LightningModule):
@@ -99,20 +76,14 @@ class DFAD(LightningModule):
 
     A generator G turns noise into inputs x = G(z). Each iteration has two stages: in the
     *imitation* stage the student takes ``student_steps`` steps minimising the discrepancy
-    D(T(x), S(x)) on fresh samples of the fixed generator; in the *generation* stage G takes
-    one step maximising D on a fresh sample, with gradients flowing through the teacher and
-    the student. The teacher never changes and stays in eval mode. Training batches are the
-    noise of one iteration, ``(student_steps + 1, B, nz)`` (see
-    :class:`~dfad_lightning.data.DFADDataModule`); evaluation batches are real ``(x, y)`` pairs.
+    D(T(x), S(x)) on fresh samples of the fixed generator; in the *generation* stage G takes one
+    step maximising D on a fresh sample, with gradients flowing through the teacher and the
+    student. The teacher never changes and stays in eval mode. Training batches are the noise of
+    one iteration, ``(student_steps + 1, B, nz)`` (see :class:`~dfad_lightning.data.DFADDataModule`);
+    evaluation batches are real ``(x, y)`` pairs.
 
-    Options that steady the adversarial game (all off by default, which is the paper's algorithm;
-    see ``conf/method/``): a moving average of the student's weights (``ema_decay``), which is
-    then the student that is evaluated, checkpointed and exported; a replay memory of past samples
-    mixed into the student steps (``replay_size``); several student updates on each sample
-    (``student_reuse``), each on a part of it (``student_minibatches``); and priors in the
-    generator's loss that pull its samples towards the teacher's data (``balance``, ``one_hot``,
-    ``bn_prior``), which can also train the generator alone for the first iterations
-    (``generator_warmup``).
+    With its defaults this is the paper's algorithm. The other options steady the game (the
+    recommended recipe, ``recipe=robust``, sets them; ``docs/recipe.md`` says why each).
 
     Subclasses adapt the method to a task by overriding a few hooks:
 
@@ -131,94 +102,85 @@ class DFAD(LightningModule):
         student: The network to train.
         generator: Maps ``(B, nz)`` noise to inputs of the teacher.
         metric: Evaluation metric of a network's outputs against real targets, a torchmetrics
-            ``Metric`` (for classification, top-1 accuracy); its ``higher_is_better`` decides
-            what "best" means. The teacher is measured with a clone of it.
+            ``Metric``; its ``higher_is_better`` decides what "best" means. The teacher is
+            measured with a clone of it.
         metric_name: Short name used in logs: ``val/<name>``, ``val/<name>_best``,
             ``val/teacher_<name>``.
         discrepancy: ``D(student_out, teacher_out)``, minimised by the student.
         adversarial: Turns D into the generator's loss (``losses.negative`` is ``-D``).
-        student_steps: Student steps per generator step (``k``, 5 in the paper).
-        student_reuse: Student updates on each student step's sample (``1``: the paper), which
-            the generator makes and the teacher labels once: each further update costs only the
-            student's forward and backward pass.
-        student_minibatches: Student updates per pass over each student step's sample, each on its
-            share of it (``B / student_minibatches`` fresh samples, plus its replayed ones): more,
-            smaller updates from the same samples and arithmetic (``1``: the paper, one update on
-            the whole batch). Each minibatch needs at least 2 samples (BatchNorm). ``"auto"``:
-            where the BatchNorm prior acts (``bn_prior`` on a teacher with BatchNorm layers, which
-            keeps the samples near the teacher's data), ``AUTO_MINIBATCHES`` parts of at least
-            ``AUTO_MIN_PART`` samples (:func:`auto_minibatches` of the batch size: fewer parts, down
-            to 1, in smaller batches), else 1: on the robustness panel the finer updates helped both
-            BatchNorm teachers and broke the weak teachers without BatchNorm, whose samples nothing
-            anchors.
+        student_steps: Student steps per generator step (``k``).
+        student_reuse: Student updates on each student step's sample, which the generator makes
+            and the teacher labels once.
+        student_minibatches: Each of those passes takes the sample in this many parts, one update
+            each (at least 2 samples a part, for BatchNorm). ``"auto"``: :func:`auto_minibatches`
+            of the batch size where the BatchNorm prior acts, else 1.
         student_optimizer: Builds the student's optimizer from its parameters.
-        generator_optimizer: Builds the generator's optimizer from its parameters.
+        generator_optimizer: Builds the generator's optimizer from its parameter groups.
         student_scheduler: Builds the student's LR schedule, stepped once per epoch, or ``None``.
         generator_scheduler: Builds the generator's LR schedule, stepped once per epoch, or ``None``.
-        checkpoint_teacher: Keep the teacher's weights in checkpoints. Off by default: the teacher
-            is rebuilt from its own file, and a large teacher would bloat every checkpoint.
-        channels_last: Store the three networks' weights (and so their activations) channels-last.
-            Same arithmetic in another order; on CPUs it nearly halves the time of an iteration
-            (PyTorch's nearest-neighbour upsampling and oneDNN convolutions are far faster in that
-            layout).
-        nonfinite: What a NaN or infinite loss does. ``"stop"``: the run stops after that
-            iteration with an error naming it and the last good checkpoint (one host
-            synchronisation per iteration). ``"skip"``: the step is skipped (no update) and
-            counted in ``train/skipped_steps`` (one synchronisation per step).
+        checkpoint_teacher: Keep the teacher's weights in checkpoints (off: it is rebuilt from
+            its own file).
+        channels_last: Store the three networks' weights, and so their activations,
+            channels-last: the same arithmetic in the layout CPU convolutions prefer.
+        nonfinite: What a NaN or infinite loss does: ``"stop"`` the run after that iteration,
+            naming it and the last good checkpoint, or ``"skip"`` the step and count it in
+            ``train/skipped_steps``.
         teacher_fingerprint: What identifies the teacher's weights (file and SHA-256); saved in
             checkpoints, and a checkpoint saved with another teacher is refused on resume.
-        train_generator: Run the generation stage. ``False`` for baselines whose inputs come from
-            elsewhere (real or random data): the student steps alone remain.
+        train_generator: Run the generation stage; ``False`` for baselines whose inputs come
+            from elsewhere.
         ema_decay: Keep an exponential moving average of the student's weights and BatchNorm
-            statistics, updated once per iteration with this decay (warmed up as
-            ``min(decay, (1 + n) / (10 + n))`` after ``n`` updates); it is the student that is
-            evaluated, probed and exported (:attr:`final_student`). ``None``: no average.
+            statistics, updated once per iteration with the decay ``min(ema_decay, (1 + n) /
+            (10 + n))`` after ``n`` updates; it is then the student evaluated, probed and
+            exported (:attr:`final_student`). ``None``: no average.
         replay_size: Samples kept in a :class:`~dfad_lightning.systems.memory.ReplayMemory` of
-            everything the generator made, with the teacher's outputs on them; ``0``: no replay.
-        replay_fraction: Each student update adds ``replay_fraction * B`` samples from the memory
-            to its ``B`` fresh ones, drawn anew for every update (their teacher outputs come from
-            the memory: no teacher pass).
-        replay_dtype: How the memory stores samples and outputs: ``"float32"`` (exact), or
-            ``"bfloat16"`` / ``"float16"`` at half the size (the memory is on the device and in
-            every checkpoint: ``replay_size`` samples of 3x224x224 take 0.6 MB each in float32).
+            everything the generator made, with the teacher's outputs; ``0``: no replay.
+        replay_fraction: Each student update adds ``replay_fraction * B`` samples from the
+            memory to its ``B`` fresh ones, drawn anew for every update.
+        replay_dtype: How the memory stores samples and outputs: ``"float32"``, or
+            ``"bfloat16"`` / ``"float16"`` at half the size.
         balance: Weight of :func:`~dfad_lightning.losses.class_balance` of the teacher's outputs
-            in the generator's loss (samples of every class).
+            in the generator's loss.
         one_hot: Weight of :func:`~dfad_lightning.losses.one_hot` of the teacher's outputs in
-            the generator's loss (samples the teacher is sure about).
+            the generator's loss.
         bn_prior: Weight of :class:`~dfad_lightning.losses.BatchNormPrior` of the teacher in the
-            generator's loss (samples whose features match the statistics of the teacher's
-            training data); a teacher without BatchNorm layers gets nothing from it.
-        generator_warmup: The first iterations of the run train the generator alone, one step
-            each on these priors (no adversarial term, no student step): the student starts on
-            samples the teacher recognises instead of the untrained generator's noise. An
-            integer: that many iterations; a float below 1: that fraction of the run's iterations
-            (``trainer.max_epochs`` x batches per epoch, rounded), so that runs of any length
-            keep most of their iterations for the student. Needs a prior; ``0``: none (the paper);
-            nothing without a trained generator (``train_generator=False``).
-        generator_warmup_lr_scale: The generator's learning rate in the warm-up, as a multiple of
-            the one it trains with after it (each parameter group's, whatever its schedule says):
-            the priors alone ask for no balance against a student, and at the game's rate they are
-            still falling steeply when the warm-up ends. ``1``: the same rate throughout (on the
-            robustness panel 10 helped the strong BatchNorm teacher and cost the weak ones).
-        adversarial_agreement: The generator's adversarial term counts only the samples (pixels,
-            for segmentation) on which student and teacher agree on the class, averaged over
-            those (the mask of DeepInversion's and CMI's adversarial terms): the generator stops
-            pushing further the samples the student already gets wrong, where a weak teacher's
-            answers say little. ``False``: every sample (the paper).
-        shift: Each generated training sample is translated by a random whole number of pixels,
-            up to this fraction of its height and width (:meth:`augment`), before teacher, student
-            and priors see it, in every stage: more varied samples from each generator pass, for
-            no teacher pass more (the teacher labels the translated sample). ``0``: none (the paper).
-        input_affine: Every generated input is scaled and shifted by a learnable scale and shift
-            (one each, :class:`~dfad_lightning.networks.ScaleShift`, trained with the generator at
-            ``INPUT_AFFINE_LR_FACTOR`` times its LR). Generator-A's last BatchNorm gives its output
-            a standard deviation of 1, which is the teacher's input only where the dataset's mean and
-            std standardise its data; where they do not (``mean=std=0.5`` on most images), the
-            BatchNorm prior can then set the contrast the teacher's data had, instead of the
-            generator making some images black and others white to spread the variance. ``"auto"``:
-            where the BatchNorm prior acts, which alone tells what the contrast should be. ``False``:
-            none (the paper).
+            generator's loss (nothing on a teacher without BatchNorm layers).
+        generator_warmup: The first iterations train the generator alone, one step each on the
+            priors: an integer is a number of iterations, a float below 1 a fraction of the run's.
+            Needs a prior; ``0``: none.
+        input_affine: Scale and shift every generated input by a learnable scale and shift (one
+            each, :class:`~dfad_lightning.networks.ScaleShift`), trained with the generator at
+            ``INPUT_AFFINE_LR_FACTOR`` times its LR, so that the BatchNorm prior can set the
+            inputs' contrast. ``"auto"``: where the BatchNorm prior acts.
     """
+
+    # The ranges of the arguments; the config schema checks the same rules under ``system.``.
+    RULES: tuple[Rule, ...] = (
+        Rule("student_steps", int, low=1, doc="k: student steps per generator step"),
+        Rule("student_reuse", int, low=1, doc="student updates on each student step's sample (made and labelled once)"),
+        Rule("student_minibatches", int, low=1, also=("auto",),
+             doc="parts each pass takes the sample in, one update each; auto: 4 where the BatchNorm prior acts, "
+                 "none below 32 samples, else 1"),
+        Rule("channels_last", bool, doc="channels-last weights and activations (the same arithmetic; faster on CPUs)"),
+        Rule("checkpoint_teacher", bool, doc="keep the frozen teacher's weights in checkpoints"),
+        Rule("nonfinite", str, choices=("stop", "skip"),
+             doc="a NaN or infinite loss stops the run (exit 3), or skips the step and counts it"),
+        Rule("train_generator", bool, doc="run the generation stage (off in the baselines that need no generator)"),
+        Rule("ema_decay", float, low=0, high=1, nullable=True, why="or null: no moving average",
+             doc="moving average of the student's weights, per iteration; it is the student evaluated and exported"),
+        Rule("replay_size", int, low=0, why="0: no replay",
+             doc="samples in a replay memory of everything the generator made, with the teacher's outputs"),
+        Rule("replay_fraction", float, low=POSITIVE,
+             doc="each student update adds this fraction of its batch from the memory"),
+        Rule("replay_dtype", str, choices=REPLAY_DTYPES, doc="how the memory stores samples; bfloat16 halves it"),
+        Rule("balance", float, low=0, doc="weight of the class-balance prior on the teacher's outputs"),
+        Rule("one_hot", float, low=0, doc="weight of the one-hot (confidence) prior on the teacher's outputs"),
+        Rule("bn_prior", float, low=0, doc="weight of the BatchNorm-statistics prior of the teacher"),
+        Rule("generator_warmup", "count_or_fraction",
+             doc="the first iterations train the generator alone on its priors"),
+        Rule("input_affine", bool, also=("auto",),
+             doc="a learnable scale and shift of every generated input; auto: where the BatchNorm prior acts"),
+    )  # fmt: skip
 
     teacher_score: Tensor
     last_score: Tensor
@@ -255,34 +217,10 @@ class DFAD(LightningModule):
         one_hot: float = 0.0,
         bn_prior: float = 0.0,
         generator_warmup: float = 0,
-        generator_warmup_lr_scale: float = 1.0,
-        adversarial_agreement: bool = False,
-        shift: float = 0.0,
         input_affine: bool | Literal["auto"] = False,
     ) -> None:
         super().__init__()
-        # Each check names the config key to change (the schema catches most before; Python users get them here).
-        checks: list[tuple[str, object, bool, str]] = [
-            ("student_steps", student_steps, student_steps >= 1, "at least 1"),
-            ("student_reuse", student_reuse, student_reuse >= 1, "at least 1"),
-            (
-                "student_minibatches",
-                student_minibatches,
-                student_minibatches == "auto" or (isinstance(student_minibatches, int) and student_minibatches >= 1),
-                "an integer of at least 1, or 'auto'",
-            ),
-            ("nonfinite", nonfinite, nonfinite in ("stop", "skip"), "'stop' or 'skip'"),
-            ("ema_decay", ema_decay, ema_decay is None or 0.0 <= ema_decay < 1.0, "null or in [0, 1)"),
-            ("replay_size", replay_size, replay_size >= 0, "at least 0 (0: no replay)"),
-            ("replay_fraction", replay_fraction, replay_fraction > 0, "above 0"),
-            ("replay_dtype", replay_dtype, replay_dtype in REPLAY_DTYPES, f"one of {', '.join(REPLAY_DTYPES)}"),
-            ("generator_warmup_lr_scale", generator_warmup_lr_scale, generator_warmup_lr_scale > 0, "above 0"),
-            ("shift", shift, 0.0 <= shift < 0.5, "in [0, 0.5) (a fraction of the image side; 0: none)"),
-            ("input_affine", input_affine, input_affine in (True, False, "auto"), "true, false or auto"),
-        ]
-        for name, value, ok, expected in checks:
-            if not ok:
-                raise ConfigError(f"system.{name}", f"must be {expected}, got {value!r}")
+        check_arguments(self.RULES, locals())
         self.automatic_optimization = False
         self.teacher = teacher.requires_grad_(False).eval()
         self.student = student
@@ -292,8 +230,6 @@ class DFAD(LightningModule):
         self.metric_name = metric_name
         self._discrepancy = _plain(discrepancy)
         self._adversarial = _plain(adversarial)
-        self.adversarial_agreement = adversarial_agreement
-        self.shift = shift
         self.student_steps, self.student_reuse = student_steps, student_reuse
         self.student_optimizer = student_optimizer
         self.generator_optimizer = generator_optimizer
@@ -321,15 +257,9 @@ class DFAD(LightningModule):
         self.student_minibatches: int = student_minibatches
         wants_affine = prior_acts if input_affine == "auto" else bool(input_affine)
         self.input_affine = ScaleShift() if wants_affine else None
-        if generator_warmup < 0 or (isinstance(generator_warmup, float) and generator_warmup >= 1):
-            raise ConfigError(
-                "system.generator_warmup",
-                "must be an integer >= 0 (iterations) or a float in [0, 1) (a fraction of the run), "
-                f"got {generator_warmup}",
-            )
         if not train_generator:  # baselines on noise or data: no generator to warm up
             generator_warmup = 0
-        if generator_warmup and not (balance or one_hot or (self.bn_prior is not None and len(self.bn_prior))):
+        if generator_warmup and not (balance or one_hot or prior_acts):
             raise ConfigError(
                 "system.generator_warmup",
                 "trains the generator on its priors alone, and none acts here: set system.balance or "
@@ -337,7 +267,6 @@ class DFAD(LightningModule):
                 "or system.generator_warmup=0",
             )
         self.generator_warmup = generator_warmup
-        self.generator_warmup_lr_scale = generator_warmup_lr_scale
         # Scores live in buffers so that they travel with checkpoints and across devices.
         self.register_buffer("teacher_score", torch.tensor(float("nan")))
         self.register_buffer("last_score", torch.tensor(float("nan")))
@@ -359,18 +288,15 @@ class DFAD(LightningModule):
         return out if self.input_affine is None else self.input_affine(out)
 
     def augment(self, x: Tensor) -> Tensor:
-        """Vary a training batch of inputs before teacher and student see it (the default: :attr:`shift`).
+        """Vary a training batch of inputs before teacher and student see it (the default: unchanged).
 
         Called on every training batch that :meth:`synthesize` makes, in each stage (with
         gradients in the generation stage and the warm-up), not on the samples of evaluations
         and probes. The teacher labels what this returns, so any change of the input is sound,
-        for any task: a segmentation teacher labels the translated image's pixels.
+        for any task; use ``self.global_step`` and ``self.global_rank`` to seed random changes,
+        so that a resumed run repeats a straight one.
         """
-        if not self.shift:
-            return x
-        # One stream per (process, optimizer step): a resumed run translates as a straight run does.
-        rng = torch.Generator(device=x.device).manual_seed(hash((self.global_rank, self.global_step)) % 2**32)
-        return random_shift(x, self.shift, rng)
+        return x
 
     def discrepancy(self, student_out: Tensor, teacher_out: Tensor) -> Tensor:
         """The student's loss: a scalar discrepancy between its outputs and the teacher's.
@@ -386,25 +312,9 @@ class DFAD(LightningModule):
 
         Called once per iteration, in the generation stage; both outputs carry gradients back
         to the generator. The default applies the configured ``adversarial`` objective to
-        :meth:`discrepancy` (``-D`` or ``-log(1 + D)``), on the samples where student and teacher
-        agree if ``adversarial_agreement`` is set, plus the configured :meth:`priors`.
+        :meth:`discrepancy` (``-D`` or ``-log(1 + D)``) and adds the configured :meth:`priors`.
         """
-        if self.adversarial_agreement:
-            discrepancy = self._agreeing_discrepancy(student_out, teacher_out)
-        else:
-            discrepancy = self.discrepancy(student_out, teacher_out)
-        return self._adversarial(discrepancy) + self.priors(teacher_out)
-
-    def _agreeing_discrepancy(self, student_out: Tensor, teacher_out: Tensor) -> Tensor:
-        """:meth:`discrepancy` averaged over the positions where both argmaxes agree (0 if none do).
-
-        Where they disagree the student's outputs are replaced by the teacher's (detached): no
-        discrepancy and no gradient there, and no host sync (no boolean indexing). The mean over
-        every position is then rescaled to a mean over the agreeing ones.
-        """
-        agree = (student_out.argmax(1) == teacher_out.argmax(1)).unsqueeze(1)
-        masked = self.discrepancy(torch.where(agree, student_out, teacher_out.detach()), teacher_out)
-        return masked * (agree.numel() / agree.sum().clamp_min(1))
+        return self._adversarial(self.discrepancy(student_out, teacher_out)) + self.priors(teacher_out)
 
     def priors(self, teacher_out: Tensor) -> Tensor:
         """The weighted priors of the generator's loss on the teacher's outputs (0 when none is set).
@@ -557,18 +467,13 @@ class DFAD(LightningModule):
         return self.current_epoch * self.trainer.num_training_batches + batch_idx < self.warmup_iterations
 
     def _warmup_step(self, z: Tensor, opt_g: LightningOptimizer) -> None:
-        """One generator step on its priors alone, at ``generator_warmup_lr_scale`` times its LR.
-
-        The student waits for samples worth learning from; with no student to keep pace with,
-        the generator can take larger steps towards them.
-        """
+        """One generator step on its priors alone: the student waits for samples worth learning from."""
         with self.toggled_optimizer(opt_g):
             loss_g = self.priors(self.teacher(self.augment(self.synthesize(z))))
             if not self._skip(loss_g):
                 opt_g.zero_grad(set_to_none=True)
                 self.manual_backward(loss_g)
-                with _scaled_lr(opt_g.optimizer, self.generator_warmup_lr_scale):
-                    opt_g.step()
+                opt_g.step()
         self._guard(loss_g.new_empty(0), loss_g.detach())
         self.log("train/loss_warmup", loss_g.detach(), prog_bar=True)
 

@@ -71,14 +71,14 @@ def build_system(cfg: DictConfig, teacher: nn.Module, student: nn.Module, genera
     """The DFAD LightningModule (or the subclass named by ``system._target_``).
 
     Raises:
-        ConfigError: The system refuses its settings (naming the key where it knows it, else ``system``).
+        ConfigError: The system refuses its settings, naming the key (``system.<argument>``), else ``system``.
     """
     try:
         return cast(DFAD, instantiate(cfg.system, teacher=teacher, student=student, generator=generator, **kwargs))
     except InstantiationException as err:
         cause = err.__cause__
         if isinstance(cause, ConfigError):
-            raise cause from None
+            raise cause.under("system") from None
         if isinstance(cause, ValueError):
             raise ConfigError("system", str(cause)) from err
         raise

@@ -120,7 +120,7 @@ def datafree_summary(trainer: Trainer) -> dict[str, Any] | None:
 
 def advice(recipe: str) -> str:
     """What to try when the data-free signal says the student is not following the teacher."""
-    first = "" if recipe == "robust" else "recipe=robust (the recipe measured in the README), "
+    first = "" if recipe == "robust" else "recipe=robust (the recommended recipe), "
     return (
         f"try {first}a lower generator LR (system.generator_optimizer.lr), more iterations "
         "(trainer.max_epochs), or the student the signal selected (data-free selection above)"

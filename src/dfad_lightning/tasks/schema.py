@@ -2,17 +2,18 @@
 
 Hydra composes whatever it is given: ``data.batch_size=abc`` composes fine and fails much later
 inside PyTorch with a traceback. :func:`check_types` walks the composed config against
-:data:`SCHEMA`, one :class:`Rule` per user-facing key of every config group, and raises a
-:class:`~dfad_lightning.errors.ConfigError` naming the key, the value and what is allowed. A key
-absent from a config (an option that has no such value) is skipped; ``???`` is left to the
-check of unset values.
+:data:`SCHEMA`, one :class:`~dfad_lightning.rules.Rule` per user-facing key of every config group
+(the system's are the module's own :attr:`DFAD.RULES <dfad_lightning.systems.DFAD.RULES>`), and
+raises a :class:`~dfad_lightning.errors.ConfigError` naming the key, the value and what is
+allowed. A key absent from a config (an option that has no such value) is skipped; ``???`` is
+left to the check of unset values. The configuration reference of the documentation is
+generated from :data:`SCHEMA` and the composed defaults (:func:`reference`).
 """
 
 from __future__ import annotations
 
 import re
-from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from collections.abc import Sequence
 from typing import Any, cast, get_args
 
 from lightning.fabric.connector import (  # type: ignore[attr-defined]
@@ -24,169 +25,88 @@ from omegaconf import DictConfig, ListConfig, OmegaConf
 from omegaconf.errors import InterpolationResolutionError, MissingMandatoryValue
 
 from dfad_lightning.errors import ConfigError
-from dfad_lightning.systems.dfad import REPLAY_DTYPES
-
-
-@dataclass(frozen=True)
-class Rule:
-    """What one config value may be.
-
-    Args:
-        key: Dotted key in the composed config.
-        kind: ``int``, ``float`` (ints accepted), ``bool``, ``str``, ``"size"`` (a positive int or a
-            ``[height, width]`` pair) or ``"numbers"`` (a non-empty list of floats).
-        low: Smallest allowed value (inclusive), or ``None``.
-        high: Largest allowed value (exclusive), or ``None``.
-        choices: Allowed values, or ``None``.
-        also: Values allowed besides those of ``kind`` (``("auto",)``).
-        nullable: Whether ``null`` is allowed.
-        why: What the bound protects, added to the message.
-    """
-
-    key: str
-    kind: Any
-    low: float | None = None
-    high: float | None = None
-    choices: Sequence[Any] | None = None
-    also: Sequence[str] = ()
-    nullable: bool = False
-    why: str = ""
-
-    def allowed(self) -> str:
-        """What is allowed, in words: ``an integer of at least 2``."""
-        if self.choices is not None:
-            return "one of " + ", ".join(dict.fromkeys(str(c) for c in self.choices))
-        noun = {int: "an integer", float: "a number", bool: "true or false", str: "a string",
-                "size": "a positive integer or a [height, width] pair of them",
-                "numbers": "a list of numbers"}[self.kind]  # fmt: skip
-        bounds = []
-        if self.low is not None:
-            bounds.append(f"at least {self.low:g}")
-        if self.high is not None:
-            bounds.append(f"below {self.high:g}")
-        text = noun + (", " + " and ".join(bounds) if bounds else "") + "".join(f", or {a}" for a in self.also)
-        notes = [n for n in ("or null" if self.nullable and not self.why else "", self.why) if n]
-        return text + "".join(f" ({n})" for n in notes)
-
-    def fits(self, value: Any) -> bool:
-        """Whether ``value`` is allowed."""
-        if value is None:
-            return self.nullable
-        if isinstance(value, str) and value in self.also:
-            return True
-        if self.choices is not None:
-            return value in self.choices
-        if self.kind == "size":
-            sizes = list(value) if isinstance(value, ListConfig | list) else [value]
-            return len(sizes) in (1, 2) and all(_is_int(s) and s > 0 for s in sizes)
-        if self.kind == "numbers":
-            return isinstance(value, ListConfig | list) and len(value) > 0 and all(_is_number(v) for v in value)
-        checks: dict[Any, Callable[[Any], bool]] = {
-            int: _is_int,
-            float: _is_number,
-            bool: lambda v: isinstance(v, bool),
-            str: lambda v: isinstance(v, str),
-        }
-        if not checks[self.kind](value):
-            return False
-        return (self.low is None or value >= self.low) and (self.high is None or value < self.high)
-
-
-def _is_int(value: Any) -> bool:
-    return isinstance(value, int) and not isinstance(value, bool)
-
-
-def _is_number(value: Any) -> bool:
-    return isinstance(value, int | float) and not isinstance(value, bool)
-
+from dfad_lightning.rules import POSITIVE, Rule, is_int, show
+from dfad_lightning.systems import DAFL, DFAD, DirectKD
 
 _ABSENT = object()
-POSITIVE = 1e-12  # "greater than zero" for numbers
 # What Lightning's Trainer accepts as `precision`.
 PRECISIONS = tuple(
     value
     for kind in (_PRECISION_INPUT_STR, _PRECISION_INPUT_STR_ALIAS, _PRECISION_INPUT_INT)
     for value in get_args(kind)
 )
+# The rules of every system's arguments, each once (subclasses repeat their base's).
+SYSTEM_RULES = tuple({rule.key: rule for cls in (DFAD, DAFL, DirectKD) for rule in cls.RULES}.values())
 
 SCHEMA: list[Rule] = [
     # conf/train.yaml
-    Rule("seed", int, low=0),
-    Rule("ckpt_path", str, nullable=True),
-    Rule("student_checkpoint", str, nullable=True),
+    Rule("task", str,  # its choices are the tasks' own names (dfad_lightning.tasks.TASKS)
+         doc="distill (DFAD), teacher (train the teacher on real data), eval (score teacher and student), "
+             "export (TorchScript, torch.export, ONNX)"),
+    Rule("seed", int, low=0, doc="seeds the networks' initialisation and the noise stream"),
+    Rule("ckpt_path", str, nullable=True,
+         doc="resume: last (this run directory's last checkpoint), auto (resume if there is one), or a path"),
+    Rule("student_checkpoint", str, nullable=True,
+         doc="a student.pt or a run's checkpoint: task=eval scores it, task=export exports it"),
     # data
-    Rule("data.batch_size", int, low=2, why="BatchNorm needs 2 samples"),
-    Rule("data.iterations_per_epoch", int, low=1),
-    Rule("data.eval_batch_size", int, low=1),
-    Rule("data.num_workers", int, low=0),
-    # system
-    Rule("system.student_steps", int, low=1),
-    Rule("system.student_reuse", int, low=1),
-    Rule("system.student_minibatches", int, low=1, also=("auto",)),
-    Rule("system.input_affine", bool, also=("auto",)),
-    Rule("system.student_optimizer.lr", float, low=0),
-    Rule("system.generator_optimizer.lr", float, low=0),
-    Rule("system.student_optimizer.momentum", float, low=0, high=1),
-    Rule("system.student_optimizer.weight_decay", float, low=0),
-    Rule("system.generator_optimizer.weight_decay", float, low=0),
-    Rule("system.checkpoint_teacher", bool),
-    Rule("system.channels_last", bool),
-    Rule("system.nonfinite", str, choices=("stop", "skip")),
-    Rule("system.ema_decay", float, low=0, high=1, nullable=True, why="or null: no moving average"),
-    Rule("system.replay_size", int, low=0, why="0: no replay"),
-    Rule("system.replay_fraction", float, low=POSITIVE),
-    Rule("system.replay_dtype", str, choices=REPLAY_DTYPES),
-    Rule("system.balance", float, low=0),
-    Rule("system.one_hot", float, low=0),
-    Rule("system.bn_prior", float, low=0),
-    Rule("system.generator_warmup", float, low=0),
-    Rule("system.generator_warmup_lr_scale", float, low=POSITIVE),
-    Rule("system.adversarial_agreement", bool),
-    Rule("system.shift", float, low=0, high=0.5),
-    Rule("system.activation", float, low=0),
-    Rule("system.inputs", str, choices=("data", "noise")),
+    Rule("data.batch_size", int, low=2, why="BatchNorm needs 2 samples", doc="samples per step, per process"),
+    Rule("data.iterations_per_epoch", int, low=1,
+         doc="iterations per epoch (the paper's 50); evaluation, checkpoints and schedules are per epoch"),
+    Rule("data.eval_batch_size", int, low=1, doc="batch size of the evaluation on real data"),
+    Rule("data.num_workers", int, low=0, doc="data-loader workers of the evaluation split"),
+    # system: the module's own rules
+    *(rule.under("system") for rule in SYSTEM_RULES),
+    Rule("system.student_optimizer.lr", float, low=0, doc="the student's learning rate"),
+    Rule("system.generator_optimizer.lr", float, low=0, doc="the generator's learning rate"),
+    Rule("system.student_optimizer.momentum", float, low=0, high=1, doc="the student's SGD momentum"),
+    Rule("system.student_optimizer.weight_decay", float, low=0, doc="the student's weight decay"),
+    Rule("system.generator_optimizer.weight_decay", float, low=0, doc="the generator's weight decay"),
     # dataset
-    Rule("dataset.name", str),
-    Rule("dataset.channels", int, low=1),
-    Rule("dataset.image_size", "size"),
-    Rule("dataset.num_classes", int, low=1),
-    Rule("dataset.mean", "numbers"),
-    Rule("dataset.std", "numbers"),
-    Rule("dataset.auto_teacher", bool),
-    Rule("dataset.download", bool),
-    Rule("dataset.split_seed", int, low=0),
-    Rule("dataset.test_fraction", float, low=POSITIVE, high=1),
-    Rule("dataset.short_side", int, low=1),
-    Rule("dataset.crop", "size"),
+    Rule("dataset.name", str, doc="the dataset's name in reports and run directories"),
+    Rule("dataset.channels", int, low=1, doc="image channels of the teacher's inputs"),
+    Rule("dataset.image_size", "size", doc="the generator's output size, [height, width] (or one side)"),
+    Rule("dataset.num_classes", int, low=2, why="a classifier with 1 output has no class to pick between",
+         doc="outputs of the teacher per sample (per pixel, for segmentation)"),
+    Rule("dataset.mean", "numbers", doc="per-channel mean that normalises the inputs"),
+    Rule("dataset.std", "numbers", doc="per-channel standard deviation that normalises the inputs"),
+    Rule("dataset.auto_teacher", bool, doc="with no teacher.checkpoint, train the teacher on the fly and cache it"),
+    Rule("dataset.download", bool, doc="let torchvision download the dataset first (needs internet)"),
+    Rule("dataset.split_seed", int, low=0, doc="seed of the per-class split of a dataset that has none"),
+    Rule("dataset.test_fraction", float, low=POSITIVE, high=1, doc="the held-out fraction of such a split"),
+    Rule("dataset.short_side", int, low=1, doc="segmentation: images are resized to this short side"),
+    Rule("dataset.crop", "size", doc="segmentation: the teacher trains on random crops of this size"),
     # teacher and networks
-    Rule("teacher.checkpoint", str, nullable=True),
-    Rule("teacher.mean", "numbers"),
-    Rule("teacher.std", "numbers"),
-    Rule("teacher.training.epochs", int, low=1),
-    Rule("teacher.training.batch_size", int, low=2, why="BatchNorm needs 2 samples"),
-    Rule("teacher.training.seed", int, low=0),
-    Rule("teacher.training.optimizer.lr", float, low=0),
-    Rule("generator.nz", int, low=1),
-    Rule("generator.ngf", int, low=1),
+    Rule("teacher.checkpoint", str, nullable=True, doc="the teacher's weights (a state dict or a checkpoint)"),
+    Rule("teacher.mean", "numbers", doc="the normalisation the teacher was trained with (the dataset's by default)"),
+    Rule("teacher.std", "numbers", doc="as teacher.mean"),
+    Rule("teacher.training.epochs", int, low=1, doc="task=teacher: epochs"),
+    Rule("teacher.training.batch_size", int, low=2, why="BatchNorm needs 2 samples", doc="task=teacher: batch size"),
+    Rule("teacher.training.seed", int, low=0, doc="task=teacher: seed"),
+    Rule("teacher.training.optimizer.lr", float, low=0, doc="task=teacher: learning rate"),
+    Rule("generator.nz", int, low=1, doc="the generator's latent size"),
+    Rule("generator.ngf", int, low=1, doc="the generator's base width (channels)"),
     # loss
-    Rule("loss.discrepancy.temperature", float, low=POSITIVE),
+    Rule("loss.discrepancy.temperature", float, low=POSITIVE, doc="loss=kl and kd: the softmax temperature"),
     # trainer
-    Rule("trainer.max_epochs", int, low=1, why="0 epochs would train nothing"),
-    Rule("trainer.num_nodes", int, low=1),
-    Rule("trainer.check_val_every_n_epoch", int, low=1),
-    Rule("trainer.log_every_n_steps", int, low=1),
-    Rule("trainer.num_sanity_val_steps", int, low=0),
-    Rule("trainer.enable_progress_bar", bool),
-    Rule("trainer.deterministic", bool),
-    Rule("trainer.sync_batchnorm", bool),
-    Rule("trainer.precision", str, choices=PRECISIONS),
-    Rule("trainer.accelerator", str, choices=("cpu", "gpu", "cuda", "mps", "auto")),
+    Rule("trainer.max_epochs", int, low=1, why="0 epochs would train nothing", doc="epochs of the run"),
+    Rule("trainer.num_nodes", int, low=1, doc="machines of a multi-node run"),
+    Rule("trainer.check_val_every_n_epoch", int, low=1, doc="evaluate on real data every N epochs"),
+    Rule("trainer.log_every_n_steps", int, low=1, doc="log the losses every N iterations"),
+    Rule("trainer.num_sanity_val_steps", int, low=0, doc="Lightning's sanity evaluation (0: the teacher is "
+                                                         "measured on the first full one)"),
+    Rule("trainer.enable_progress_bar", bool, doc="Lightning's progress bar"),
+    Rule("trainer.deterministic", bool, doc="deterministic kernels (slower on GPUs)"),
+    Rule("trainer.sync_batchnorm", bool, doc="synchronise BatchNorm statistics across GPUs"),
+    Rule("trainer.precision", str, choices=PRECISIONS, doc="32-true, bf16-mixed (CPU or GPU), 16-mixed (GPU)"),
+    Rule("trainer.accelerator", str, choices=("cpu", "gpu", "cuda", "mps", "auto"), doc="where the run computes"),
     # callbacks
-    Rule("callbacks.checkpoint.every_n_iterations", int, low=1, nullable=True, why="or null: every epoch only"),
-    Rule("callbacks.datafree.samples_per_snapshot", int, low=1),
-    Rule("callbacks.datafree.max_snapshots", int, low=2),
-    Rule("callbacks.datafree.mode", str, choices=("min", "max")),
-]
+    Rule("callbacks.checkpoint.every_n_iterations", int, low=1, nullable=True, why="or null: every epoch only",
+         doc="also save last.ckpt every N iterations"),
+    Rule("callbacks.datafree.samples_per_snapshot", int, low=1, doc="probes drawn from the generator each epoch"),
+    Rule("callbacks.datafree.max_snapshots", int, low=2, doc="most snapshots in the probe pool"),
+    Rule("callbacks.datafree.monitor", str, doc="the data-free value that selects datafree-best.ckpt"),
+    Rule("callbacks.datafree.mode", str, choices=("min", "max"), doc="whether that value is better low or high"),
+]  # fmt: skip
 
 
 def check_types(cfg: DictConfig, schema: Sequence[Rule] = SCHEMA) -> None:
@@ -203,7 +123,7 @@ def check_types(cfg: DictConfig, schema: Sequence[Rule] = SCHEMA) -> None:
         except InterpolationResolutionError as err:
             raise ConfigError(rule.key, f"cannot be resolved: {err}") from None
         if value is not _ABSENT and not rule.fits(value):
-            raise ConfigError(rule.key, f"must be {rule.allowed()}, got {_show(value)}")
+            raise ConfigError(rule.key, f"must be {rule.allowed()}, got {show(value)}")
     _check_devices(cfg)
     _check_normalisation(cfg)
 
@@ -220,10 +140,10 @@ def _check_normalisation(cfg: DictConfig) -> None:
         values = OmegaConf.select(cfg, f"teacher.{key}")
         if not isinstance(values, ListConfig):
             continue
-        if _is_int(channels) and len(values) != channels:
+        if is_int(channels) and len(values) != channels:
             problem = f"has {len(values)} values for {channels} image channels (dataset.channels): give one per channel"
         elif key == "std" and not all(isinstance(v, int | float) and v > 0 for v in values):
-            problem = f"must be standard deviations above 0 (inputs are divided by them), got {_show(values)}"
+            problem = f"must be standard deviations above 0 (inputs are divided by them), got {show(values)}"
         else:
             continue
         raw = cast(dict[str, Any], OmegaConf.to_container(cfg.teacher, resolve=False))[key]
@@ -237,16 +157,10 @@ def _check_devices(cfg: DictConfig) -> None:
     fine = (
         value is None
         or value == "auto"
-        or (_is_int(value) and (value >= 1 or value == -1))
-        or (isinstance(value, ListConfig) and len(value) > 0 and all(_is_int(v) and v >= 0 for v in value))
+        or (is_int(value) and (value >= 1 or value == -1))
+        or (isinstance(value, ListConfig) and len(value) > 0 and all(is_int(v) and v >= 0 for v in value))
     )
     if not fine:
         raise ConfigError(
-            "trainer.devices", f"must be a positive integer, -1 (all), auto or a list of indices, got {_show(value)}"
+            "trainer.devices", f"must be a positive integer, -1 (all), auto or a list of indices, got {show(value)}"
         )
-
-
-def _show(value: Any) -> str:
-    if isinstance(value, DictConfig | ListConfig):
-        value = OmegaConf.to_container(value)
-    return repr(value)

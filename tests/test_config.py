@@ -43,6 +43,18 @@ def test_every_group_has_options():
         assert options(group), group
 
 
+# What the `module` options (your own nn.Module class by its import path) are given here.
+OWN_CLASS = ["_target_=dfad_lightning.networks.LeNet5", "+{node}.in_channels=3", "+{node}.num_classes=10"]
+
+
+def own_class(group: str, option: str) -> list[str]:
+    """The overrides that complete the ``module`` option of ``group`` (none for the other options)."""
+    node = "teacher.net" if group == "teacher" else "model"
+    return (
+        [o.format(node=node) if o.startswith("+") else f"{node}.{o}" for o in OWN_CLASS] if option == "module" else []
+    )
+
+
 def data_for(option: str) -> str:
     """The dataset a network option is meant for."""
     if option.startswith("deeplab"):
@@ -54,7 +66,7 @@ def data_for(option: str) -> str:
 
 @pytest.mark.parametrize("option", options("model"))
 def test_model_options_build_students_that_predict_for_dataset_inputs(make_cfg, option):
-    cfg = make_cfg(f"dataset={data_for(option)}", f"model={option}")
+    cfg = make_cfg(f"dataset={data_for(option)}", f"model={option}", *own_class("model", option))
     net = instantiate(cfg.model).eval()
     x = torch.randn(2, cfg.dataset.channels, *cfg.dataset.image_size)
     per_pixel = cfg.system._target_.endswith("SegmentationDFAD")
@@ -64,7 +76,7 @@ def test_model_options_build_students_that_predict_for_dataset_inputs(make_cfg, 
 
 @pytest.mark.parametrize("option", options("teacher"))
 def test_teacher_options_build_networks_and_carry_normalisation_and_recipe(make_cfg, option):
-    cfg = make_cfg(f"dataset={data_for(option)}", f"teacher={option}")
+    cfg = make_cfg(f"dataset={data_for(option)}", f"teacher={option}", *own_class("teacher", option))
     assert isinstance(instantiate(cfg.teacher.net), torch.nn.Module)
     assert len(cfg.teacher.mean) == len(cfg.teacher.std) == cfg.dataset.channels
     assert instantiate(cfg.teacher.training.optimizer)([torch.nn.Parameter(torch.zeros(1))])

@@ -117,3 +117,44 @@ def test_your_own_teacher_by_name_distils_with_no_data(make_cfg, tmp_path):
     assert results["real_data"] is False and results["datafree"]["final"]["agreement"] >= 0.0
     student = torch.load(results["student_weights"], weights_only=True)
     assert any(k.startswith("conv_stem") for k in student)  # timm's layout
+
+
+OWN_NET = """
+from torch import nn
+
+
+class TinyNet(nn.Module):
+    def __init__(self, num_classes: int = 10, width: int = 8):
+        super().__init__()
+        self.body = nn.Sequential(nn.Conv2d(1, width, 3, padding=1), nn.ReLU(), nn.AdaptiveAvgPool2d(1), nn.Flatten())
+        self.head = nn.Linear(width, num_classes)
+
+    def forward(self, x):
+        return self.head(self.body(x))
+"""
+
+
+def test_your_own_module_file_is_teacher_and_student_by_its_import_path(make_cfg, tmp_path, monkeypatch):
+    from dfad_lightning.tasks import run
+
+    (tmp_path / "my_net.py").write_text(OWN_NET)
+    monkeypatch.syspath_prepend(str(tmp_path))  # as PYTHONPATH=<its folder> does for train.py
+    from my_net import TinyNet
+
+    weights = tmp_path / "teacher.pt"
+    torch.save(TinyNet(width=16).state_dict(), weights)
+    cfg = make_cfg(
+        "dataset=no_data", "teacher=module", "teacher.net._target_=my_net.TinyNet", "+teacher.net.width=16",
+        f"teacher.checkpoint={weights}", "model=module", "model._target_=my_net.TinyNet", "+model.width=4",
+    )  # fmt: skip
+    results = run(cfg)
+    student = torch.load(results["student_weights"], weights_only=True)
+    assert student["head.weight"].shape == (10, 4) and results["datafree"]["final"]["agreement"] >= 0.0
+
+
+def test_your_own_module_unset_names_the_key(make_cfg):
+    from dfad_lightning.errors import ConfigError
+    from dfad_lightning.tasks import run
+
+    with pytest.raises(ConfigError, match=r"^teacher\.net\._target_: must be set"):
+        run(make_cfg("dataset=no_data", "teacher=module", "teacher.checkpoint=t.pt"))

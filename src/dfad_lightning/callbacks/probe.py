@@ -165,7 +165,8 @@ class DataFreeProbe(Callback):
             return None
         shares = torch.bincount(classes.flatten(), minlength=outputs.shape[1]).float() / classes.numel()
         shares = shares[shares > 0]
-        return float(-(shares * shares.log()).sum() / math.log(min(outputs.shape[1], classes.numel())))
+        entropy = -(shares * shares.log()).sum()  # -0.0 where one class has every sample
+        return float(entropy) / math.log(min(outputs.shape[1], classes.numel())) + 0.0
 
     @torch.no_grad()
     def batchnorm_gap(self, pl_module: LightningModule, inputs: Tensor) -> float | None:

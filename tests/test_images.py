@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import gzip
 import json
+import re
 from pathlib import Path
 
 import numpy as np
@@ -73,6 +75,43 @@ def test_a_missing_idx_file_names_its_own_key(tmp_path, make_cfg):
     overrides = [f"dataset.files.{k}={v}" for k, v in files.items()]
     cfg = make_cfg("task=teacher", "dataset=idx", "dataset.num_classes=10", *overrides)
     with pytest.raises(ConfigError, match=r"^dataset\.files\.test_labels: no file at .*nowhere/labels\.gz$"):
+        run(cfg)
+
+
+@pytest.mark.parametrize(
+    ("swap", "key", "detail"),
+    [
+        ("labels_as_images", "dataset.files.train_images", r"shape \(12,\) \(a labels file\?\): images are uint8"),
+        ("images_as_labels", "dataset.files.train_labels", r"shape \(12, 28, 28\) \(an images file\?\): labels are"),
+        ("not_idx", "dataset.files.train_images", "is not an IDX file"),
+        ("cut_short", "dataset.files.train_images", r"is cut short: its header announces \(12, 28, 28\)"),
+        ("not_gzip", "dataset.files.train_images", "is not a gzip file"),
+    ],
+)
+def test_a_wrong_idx_file_is_named_by_its_key_with_what_it_holds(tmp_path, make_cfg, swap, key, detail):
+    fake_mnist(tmp_path, n=12)
+    images, labels = tmp_path / "train-images-idx3-ubyte.gz", tmp_path / "train-labels-idx1-ubyte.gz"
+    files = {"train_images": images, "train_labels": labels}
+    if swap == "labels_as_images":
+        files["train_images"] = labels
+    elif swap == "images_as_labels":
+        files["train_labels"] = images
+    elif swap == "not_idx":
+        files["train_images"] = tmp_path / "notes.txt"
+        files["train_images"].write_text("hello")
+    elif swap == "cut_short":
+        files["train_images"] = tmp_path / "short.idx"
+        files["train_images"].write_bytes(gzip.decompress(images.read_bytes())[:1000])
+    else:
+        files["train_images"] = tmp_path / "raw.gz"
+        files["train_images"].write_bytes(gzip.decompress(images.read_bytes()))
+    overrides = [f"dataset.files.{k}={v}" for k, v in files.items()]
+    test = [
+        f"dataset.files.test_images={tmp_path / 't10k-images-idx3-ubyte.gz'}",
+        f"dataset.files.test_labels={tmp_path / 't10k-labels-idx1-ubyte.gz'}",
+    ]
+    cfg = make_cfg("task=teacher", "dataset=idx", "dataset.num_classes=10", *overrides, *test)
+    with pytest.raises(ConfigError, match=rf"^{re.escape(key)}: .*{detail}"):
         run(cfg)
 
 

@@ -235,3 +235,56 @@ def test_wandb_logs_offline_with_the_sample_pictures(make_cfg, tmp_path, monkeyp
     run(make_cfg("logger=wandb"))
     (offline,) = (tmp_path / "run" / "wandb").glob("offline-run-*")
     assert list((offline / "files" / "media" / "images").glob("samples_*.png"))
+
+
+def test_the_model_summary_lists_the_networks_without_flops_it_cannot_count(make_cfg, caplog):
+    import logging
+
+    with caplog.at_level(logging.INFO, logger="dfad_lightning.callbacks.summary"):
+        run(make_cfg())
+    (summary,) = [r.getMessage() for r in caplog.records if r.name == "dfad_lightning.callbacks.summary"]
+    assert "student" in summary and "generator" in summary and "Total params" in summary
+    assert "FLOPs" not in summary
+    with caplog.at_level(logging.INFO, logger="dfad_lightning.callbacks.summary"):
+        caplog.clear()
+        run(make_cfg("+trainer.enable_model_summary=false", output_dir=make_cfg().paths.output_dir + "2"))
+    assert not [r for r in caplog.records if r.name == "dfad_lightning.callbacks.summary"]
+
+
+def test_a_teacher_too_large_to_train_here_is_refused_with_the_time_and_the_way_out(make_cfg, tmp_path):
+    # The embedded digits train their own teacher; a ResNet-34-8x's 200 epochs would take hours on a CPU.
+    cfg = make_cfg("teacher=resnet34_8x", "teacher.training.epochs=200", output_dir=tmp_path / "run")
+    with pytest.raises(ConfigError, match=r"^teacher\.checkpoint: is not set, and training this teacher here") as err:
+        run(cfg)
+    message = str(err.value)
+    assert "hours" in message and "task=teacher dataset=digits teacher=resnet34_8x" in message
+    assert not list((tmp_path / "run").glob("*.pt")) and not list(Path(cfg.paths.cache_dir).glob("teachers/*34*"))
+
+
+def test_the_estimate_of_a_teachers_training_is_one_steps_time_per_sample_times_samples_and_epochs(
+    make_cfg, monkeypatch
+):
+    import itertools
+
+    from dfad_lightning.tasks import teacher
+
+    ticks = itertools.count()  # every timed step takes exactly 1 s
+    monkeypatch.setattr(teacher.time, "perf_counter", lambda: float(next(ticks)))
+    cfg = make_cfg("teacher.training.epochs=4")
+    assert teacher.training_seconds(cfg) == 1 / teacher.TIMED_SAMPLES * 1437 * 4  # the digits' 1,437 training images
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize(
+    ("override", "key"), [("hydra.run.dir", "hydra.run.dir"), ("-m hydra.sweep.dir", "hydra.sweep.dir")]
+)
+def test_a_run_directory_that_cannot_be_made_is_one_line_naming_the_key(tmp_path, override, key):
+    blocker = tmp_path / "a_file"
+    blocker.write_text("")
+    args = [*override.split()[:-1], f"{override.split()[-1]}={blocker / 'run'}"]
+    done = subprocess.run([sys.executable, "train.py", *args], cwd=ROOT, capture_output=True, text=True)
+    assert done.returncode == 2 and "Traceback" not in done.stderr
+    assert (
+        done.stderr.strip()
+        == f"Error: {key}: cannot create {blocker / 'run'} (Not a directory); set it to a folder that can be written"
+    )

@@ -76,16 +76,28 @@ def read_idx(path: str | Path) -> np.ndarray:
     >>> _ = open(f, "wb").write(bytes([0, 0, 8, 1, 0, 0, 0, 3, 7, 8, 9]))
     >>> read_idx(f).tolist()
     [7, 8, 9]
+
+    Raises:
+        ValueError: The file is not an IDX file, or holds fewer values than its header says.
     """
     opener = gzip.open if str(path).endswith(".gz") else open
-    with opener(path, "rb") as f:
-        data = f.read()
-    zero, dtype_code, ndim = data[0] << 8 | data[1], data[2], data[3]
+    try:
+        with opener(path, "rb") as f:
+            data = f.read()
+    except gzip.BadGzipFile:
+        raise ValueError(f"{path} is not a gzip file (name it without .gz if it is a raw IDX file)") from None
     dtypes: dict[int, str] = {0x08: "u1", 0x09: "i1", 0x0B: ">i2", 0x0C: ">i4", 0x0D: ">f4", 0x0E: ">f8"}
-    if zero != 0 or dtype_code not in dtypes:
-        raise ValueError(f"{path} is not an IDX file")
+    if len(data) < 4 or data[0] or data[1] or data[2] not in dtypes:
+        raise ValueError(f"{path} is not an IDX file (its first bytes are not an IDX magic number)")
+    ndim = data[3]
     shape = tuple(int.from_bytes(data[4 + 4 * i : 8 + 4 * i], "big") for i in range(ndim))
-    array: np.ndarray = np.frombuffer(data, dtype=np.dtype(dtypes[dtype_code]), offset=4 + 4 * ndim)
+    dtype = np.dtype(dtypes[data[2]])
+    expected = 4 + 4 * ndim + int(np.prod(shape)) * dtype.itemsize
+    if len(data) < expected:
+        raise ValueError(
+            f"{path} is cut short: its header announces {shape}, which needs {expected} bytes, not {len(data)}"
+        )
+    array: np.ndarray = np.frombuffer(data, dtype=dtype, count=int(np.prod(shape)), offset=4 + 4 * ndim)
     return array.reshape(shape)
 
 
@@ -107,6 +119,31 @@ def write_idx(path: str | Path, array: np.ndarray) -> None:
     opener = gzip.open if str(path).endswith(".gz") else open
     with opener(path, "wb") as f:
         f.write(header + np.ascontiguousarray(array).tobytes())
+
+
+def _read_idx_as(path: str | Path, key: str, kind: str) -> np.ndarray:
+    """An IDX file of ``kind`` (``"images"``: uint8 ``(N, H, W)`` or ``(N, H, W, C)``; ``"labels"``: integers ``(N,)``).
+
+    Raises:
+        ConfigError: Naming ``key``: the file is not an IDX file, or not one of ``kind``.
+    """
+    try:
+        array = read_idx(path)
+    except ValueError as err:
+        raise ConfigError(key, str(err)) from None
+    if kind == "images" and not (array.ndim in (3, 4) and array.dtype == np.uint8):
+        other = " (a labels file?)" if array.ndim == 1 else ""
+        raise ConfigError(
+            key,
+            f"{path} holds {array.dtype} values of shape {array.shape}{other}: "
+            "images are uint8, (N, H, W) or (N, H, W, C)",
+        )
+    if kind == "labels" and not (array.ndim == 1 and np.issubdtype(array.dtype, np.integer)):
+        other = " (an images file?)" if array.ndim in (3, 4) else ""
+        raise ConfigError(
+            key, f"{path} holds {array.dtype} values of shape {array.shape}{other}: labels are integers, (N,)"
+        )
+    return array
 
 
 class IDXDataset(_Transformed):
@@ -132,12 +169,13 @@ class IDXDataset(_Transformed):
         for path, path_key in ((Path(images), image_key), (Path(labels), label_key)):
             if not path.is_file():
                 raise ConfigError(path_key, f"no file at {path}")
-        pixels = torch.from_numpy(read_idx(images).copy())
+        image_array, label_array = _read_idx_as(images, image_key, "images"), _read_idx_as(labels, label_key, "labels")
+        pixels = torch.from_numpy(image_array.copy())
         pixels = pixels.unsqueeze(1) if pixels.ndim == 3 else pixels.permute(0, 3, 1, 2)
         self.images = pixels.float().div_(255.0)
         if image_size is not None and self.images.shape[-2:] != as_size(image_size):
             self.images = F.interpolate(self.images, size=as_size(image_size), mode="bilinear", align_corners=False)
-        self.targets = torch.from_numpy(read_idx(labels).astype(np.int64))
+        self.targets = torch.from_numpy(label_array.astype(np.int64))
         if len(self.targets) != len(self.images):
             raise ConfigError(
                 label_key, f"{images} holds {len(self.images)} images but {labels} {len(self.targets)} labels"

@@ -19,6 +19,7 @@ from omegaconf import DictConfig, OmegaConf
 from torch import nn
 from torchmetrics import Metric
 
+from dfad_lightning.callbacks.summary import NetworkSummary
 from dfad_lightning.data import DFADDataModule, SupervisedDataModule
 from dfad_lightning.errors import ConfigError
 from dfad_lightning.networks.generators import as_size
@@ -153,6 +154,8 @@ def build_trainer(cfg: DictConfig, out: Path, **overrides: Any) -> Trainer:
     if "logger" not in overrides:
         kwargs["logger"] = instantiate(cfg.logger) if cfg.get("logger") else False
     kwargs.update(overrides)
+    if cfg.trainer.get("enable_model_summary", True):  # Lightning's own would print FLOPs it cannot count
+        kwargs["callbacks"] = [*kwargs.get("callbacks", []), NetworkSummary()]
     trainer = _instantiate_trainer(cfg, kwargs)
     if _plain_ddp(trainer):
         if str(cfg.trainer.get("strategy", "auto")) != "auto":

@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
+import sys
 from pathlib import Path
+from typing import Any
 
 from hydra.core.hydra_config import HydraConfig
+from hydra.experimental.callback import Callback as HydraCallback
 from lightning import LightningDataModule, LightningModule, Trainer
 from lightning.pytorch.utilities.exceptions import SIGTERMException
 from omegaconf import DictConfig, OmegaConf
@@ -13,6 +16,36 @@ from dfad_lightning.errors import ConfigError, RunInterrupted
 
 RESULTS = "results.json"
 LAST_CHECKPOINT = Path("checkpoints") / "last.ckpt"
+
+
+class WritableRunDir(HydraCallback):
+    """Check, before Hydra makes it, that the run's (or sweep's) directory can be created.
+
+    Hydra creates ``hydra.run.dir`` before the task starts, and a directory that cannot be made
+    (a path through a file, a read-only place) ends there in a traceback. This Hydra callback runs
+    just before, makes the directory itself, and on failure prints one line naming the key and
+    exits with status 2, as every other user error does.
+    """
+
+    def on_run_start(self, config: DictConfig, **kwargs: Any) -> None:
+        """Make ``hydra.run.dir``, or stop with one line naming it."""
+        make_dir_or_exit(config.hydra.run.dir, "hydra.run.dir")
+
+    def on_multirun_start(self, config: DictConfig, **kwargs: Any) -> None:
+        """Make ``hydra.sweep.dir``, or stop with one line naming it."""
+        make_dir_or_exit(config.hydra.sweep.dir, "hydra.sweep.dir")
+
+
+def make_dir_or_exit(path: str, key: str) -> None:
+    """Create the folder ``path`` (and its parents), or print ``Error: <key>: ...`` and exit with status 2."""
+    try:
+        Path(path).mkdir(parents=True, exist_ok=True)
+    except OSError as err:
+        print(
+            f"Error: {key}: cannot create {path} ({err.strerror}); set it to a folder that can be written",
+            file=sys.stderr,
+        )
+        sys.exit(2)
 
 
 def prepare_output_dir(cfg: DictConfig) -> Path:

@@ -128,6 +128,58 @@ def check_types(cfg: DictConfig, schema: Sequence[Rule] = SCHEMA) -> None:
     _check_normalisation(cfg)
 
 
+def reference(cfg: DictConfig, schema: Sequence[Rule] = SCHEMA) -> str:
+    """The configuration reference in Markdown: per config section, every key's default, range and meaning.
+
+    Args:
+        cfg: The composed default config (``conf/train.yaml`` with its default options): its
+            values are shown as written, ``${...}`` interpolations included.
+        schema: The rules to document.
+
+    Returns:
+        One table per top-level section (``data``, ``system``, ...), in the schema's order.
+    """
+    raw = cast(dict[str, Any], OmegaConf.to_container(cfg, resolve=False))
+    sections: dict[str, list[str]] = {}
+    for rule in schema:
+        section = rule.key.split(".")[0] if "." in rule.key else "top level"
+        default = _lookup(raw, rule.key)
+        shown = "set by the options that use it" if default is _ABSENT else f"`{_as_yaml(default)}`"
+        cells = [f"`{rule.key}`", shown, rule.allowed(), rule.doc]
+        sections.setdefault(section, []).append("| " + " | ".join(c.replace("|", r"\|") for c in cells) + " |")
+    parts = []
+    for section, rows in sections.items():
+        title = section if section == "top level" else f"`{section}`"
+        parts += [
+            f"### {title}",
+            "",
+            "| key | in `python train.py` | allowed | what it does |",
+            "|---|---|---|---|",
+            *rows,
+            "",
+        ]
+    return "\n".join(parts)
+
+
+def _as_yaml(value: Any) -> str:
+    """A value as YAML writes it in a config: ``null``, ``true``, ``[0.5]``, ``${dataset.mean}``."""
+    if isinstance(value, list):
+        return "[" + ", ".join(_as_yaml(v) for v in value) + "]"
+    if value is None or isinstance(value, bool):
+        return str(value).lower() if value is not None else "null"
+    return str(value)
+
+
+def _lookup(raw: dict[str, Any], key: str) -> Any:
+    """The value at a dotted ``key`` of a plain nested dict, or ``_ABSENT``."""
+    node: Any = raw
+    for part in key.split("."):
+        if not isinstance(node, dict) or part not in node:
+            return _ABSENT
+        node = node[part]
+    return node
+
+
 def _check_normalisation(cfg: DictConfig) -> None:
     """``teacher.mean`` and ``teacher.std``: one value per image channel (``dataset.channels``), stds above 0.
 

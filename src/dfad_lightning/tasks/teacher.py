@@ -8,18 +8,21 @@ import json
 import logging
 import tempfile
 import time
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import lightning as L
 import torch
 from hydra.core.hydra_config import HydraConfig
+from hydra.utils import instantiate
 from lightning import Callback
 from omegaconf import DictConfig, OmegaConf
 from torch import nn
 
 from dfad_lightning.errors import ConfigError, RunInterrupted
 from dfad_lightning.files import save_atomic, write_json_atomic
+from dfad_lightning.networks.generators import as_size
 from dfad_lightning.tasks.build import build_callbacks, build_network, build_supervised, build_trainer
 from dfad_lightning.tasks.outputs import RESULTS, fit_resumable, prepare_output_dir, resolve_ckpt_path
 from dfad_lightning.weights import load_weights
@@ -27,6 +30,10 @@ from dfad_lightning.weights import load_weights
 log = logging.getLogger(__name__)
 
 TEACHER_FILE = "teacher.pt"
+# The longest teacher training a distillation starts by itself (dataset.auto_teacher); a longer one
+# is for task=teacher, on a machine that runs it in reasonable time.
+AUTO_TEACHER_LIMIT_S = 20 * 60
+TIMED_SAMPLES = 8  # the samples of the one training step timed to estimate a teacher's training
 
 
 def fit_teacher(
@@ -95,7 +102,22 @@ def cached_teacher(cfg: DictConfig) -> Path:
     if path.exists():
         log.info("Using the cached teacher %s", path)
         return path
-    log.info("No teacher checkpoint set: training the %s teacher first (cached at %s)", cfg.dataset.name, path)
+    with torch_threads(1):
+        seconds = training_seconds(cfg)
+    if seconds > AUTO_TEACHER_LIMIT_S:
+        raise ConfigError(
+            "teacher.checkpoint",
+            f"is not set, and training this teacher here first would take about {seconds / 3600:.1f} hours "
+            f"({cfg.teacher.training.epochs} epochs, estimated from one timed step); train it where that is fast, "
+            f"`python train.py task=teacher {teacher_command_args(cfg)} trainer=gpu`, and pass the {TEACHER_FILE} "
+            "it writes as teacher.checkpoint=PATH",
+        )
+    log.info(
+        "No teacher checkpoint set: training the %s teacher first, about %.0f s (cached at %s)",
+        cfg.dataset.name,
+        seconds,
+        path,
+    )
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
     except OSError as err:  # a read-only checkout, or a path through a file
@@ -106,10 +128,9 @@ def cached_teacher(cfg: DictConfig) -> Path:
     # One thread and deterministic kernels: the same teacher on every machine, whatever its cores
     # (with several threads, reductions split differently and the teacher, and every run on it,
     # changed with the machine). It is small: seconds either way.
-    threads, deterministic = torch.get_num_threads(), torch.are_deterministic_algorithms_enabled()
-    torch.set_num_threads(1)
+    deterministic = torch.are_deterministic_algorithms_enabled()
     try:
-        with tempfile.TemporaryDirectory(dir=path.parent) as tmp:
+        with torch_threads(1), tempfile.TemporaryDirectory(dir=path.parent) as tmp:
             net, score = fit_teacher(
                 cfg, Path(tmp), callbacks=[], logger=False, enable_checkpointing=False, deterministic=True
             )
@@ -119,11 +140,40 @@ def cached_teacher(cfg: DictConfig) -> Path:
             "run the same command again to start over"
         ) from None
     finally:  # the distillation after it runs as its own config says
-        torch.set_num_threads(threads)
         torch.use_deterministic_algorithms(deterministic)
     log.info("Teacher trained: %s %.4f on the evaluation split", cfg.dataset.metric_name, score)
     save_atomic(net.state_dict(), path)
     return path
+
+
+def training_seconds(cfg: DictConfig) -> float:
+    """About how long ``teacher.training`` would take on this machine, from one timed step.
+
+    One forward and backward pass of the teacher on ``TIMED_SAMPLES`` random inputs of the
+    dataset's shape is timed (after one untimed pass) and scaled to the recipe's epochs over the
+    training split. It is a lower bound: data loading and evaluation are left out.
+    """
+    net = build_network(cfg.teacher.net, "teacher.net")
+    size = as_size(OmegaConf.to_object(cfg.dataset.image_size))  # type: ignore[arg-type]
+    x = torch.randn(TIMED_SAMPLES, int(cfg.dataset.channels), *size)
+    samples = len(instantiate(cfg.dataset.train)())
+    timings = []
+    for _ in range(2):
+        start = time.perf_counter()
+        net(x).float().square().mean().backward()
+        timings.append(time.perf_counter() - start)
+    return timings[-1] / TIMED_SAMPLES * samples * int(cfg.teacher.training.epochs)
+
+
+@contextlib.contextmanager
+def torch_threads(threads: int) -> Iterator[None]:
+    """Run a block with ``threads`` CPU threads, then restore the number before it."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(threads)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(before)
 
 
 def teacher_command_args(cfg: DictConfig) -> str:

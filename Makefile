@@ -4,7 +4,7 @@ VENV ?= .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: install run test test-fast lint typecheck check clean
+.PHONY: install run test test-fast lint typecheck check docs docs-serve clean
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -36,5 +36,11 @@ typecheck: $(STAMP)
 
 check: lint typecheck test
 
+docs: $(STAMP)  ## Build the documentation site into site/ (strict: a broken link or reference fails).
+	NO_MKDOCS_2_WARNING=1 $(BIN)/mkdocs build --strict
+
+docs-serve: $(STAMP)  ## Serve the documentation site at http://127.0.0.1:8000, rebuilt on every change.
+	NO_MKDOCS_2_WARNING=1 $(BIN)/mkdocs serve
+
 clean:
-	rm -rf outputs multirun .cache .pytest_cache .mypy_cache .ruff_cache
+	rm -rf outputs multirun site .cache .pytest_cache .mypy_cache .ruff_cache

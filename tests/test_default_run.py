@@ -20,10 +20,10 @@ def test_default_run_at_reduced_length_learns_well_above_chance(make_cfg):
     assert results["student"]["final"] > 0.5  # chance is 0.1
 
 
-def test_readme_python_example_runs(tmp_path, monkeypatch):
-    readme = (ROOT / "README.md").read_text()
-    code = re.search(r"## Using the modules from Python\n\n```python\n(.*?)```", readme, re.S).group(1)
+def test_the_docs_python_example_runs(tmp_path, monkeypatch):
+    page = (ROOT / "docs" / "extending.md").read_text()
+    code = re.search(r"## Using the modules from Python\n\n```python\n(.*?)```", page, re.S).group(1)
     assert "L.Trainer(max_epochs=4)" in code
     fast = "L.Trainer(max_epochs=1, limit_train_batches=2, logger=False, enable_progress_bar=False)"
     monkeypatch.chdir(tmp_path)
-    exec(compile(code.replace("L.Trainer(max_epochs=4)", fast), "README.md", "exec"), {})
+    exec(compile(code.replace("L.Trainer(max_epochs=4)", fast), "docs/extending.md", "exec"), {})

@@ -22,7 +22,6 @@ from torch import nn
 
 from dfad_lightning.errors import ConfigError, RunInterrupted
 from dfad_lightning.files import save_atomic, write_json_atomic
-from dfad_lightning.networks.generators import as_size
 from dfad_lightning.tasks.build import build_callbacks, build_network, build_supervised, build_trainer
 from dfad_lightning.tasks.outputs import RESULTS, fit_resumable, prepare_output_dir, resolve_ckpt_path
 from dfad_lightning.weights import load_weights
@@ -149,20 +148,23 @@ def cached_teacher(cfg: DictConfig) -> Path:
 def training_seconds(cfg: DictConfig) -> float:
     """About how long ``teacher.training`` would take on this machine, from one timed step.
 
-    One forward and backward pass of the teacher on ``TIMED_SAMPLES`` random inputs of the
-    dataset's shape is timed (after one untimed pass) and scaled to the recipe's epochs over the
-    training split. It is a lower bound: data loading and evaluation are left out.
+    One forward and backward pass of the teacher on the first ``TIMED_SAMPLES`` images of the
+    training split is timed (after one untimed pass) and scaled to the recipe's epochs over the
+    split. It is a lower bound: data loading and evaluation are left out. A teacher that cannot
+    take those images gets 0 here, and the training that follows says why.
     """
     net = build_network(cfg.teacher.net, "teacher.net")
-    size = as_size(OmegaConf.to_object(cfg.dataset.image_size))  # type: ignore[arg-type]
-    x = torch.randn(TIMED_SAMPLES, int(cfg.dataset.channels), *size)
-    samples = len(instantiate(cfg.dataset.train)())
+    train = instantiate(cfg.dataset.train)()
+    x = torch.stack([train[i][0] for i in range(min(TIMED_SAMPLES, len(train)))])
     timings = []
-    for _ in range(2):
-        start = time.perf_counter()
-        net(x).float().square().mean().backward()
-        timings.append(time.perf_counter() - start)
-    return timings[-1] / TIMED_SAMPLES * samples * int(cfg.teacher.training.epochs)
+    try:
+        for _ in range(2):
+            start = time.perf_counter()
+            net(x).float().square().mean().backward()
+            timings.append(time.perf_counter() - start)
+    except RuntimeError:
+        return 0.0
+    return timings[-1] / len(x) * len(train) * int(cfg.teacher.training.epochs)
 
 
 @contextlib.contextmanager

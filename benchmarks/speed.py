@@ -47,14 +47,14 @@ CONFIGS = {
     # The embedded default as it runs (recipe=robust): what the stabilisers cost on top, per
     # iteration of the game; its warm-up (the first third of a run, generator steps alone, each
     # cheaper than an iteration) would mix into the few iterations timed here, so it is left out.
-    "robust": ["system.generator_warmup=0"],
+    "robust": ["system.objective.warmup=0"],
     # The robustness panel's MNIST-BN run at the panel's size (recipe=robust, its game without the
     # warm-up): the recipe's cost on a BatchNorm teacher, where its prior and minibatches act.
     "panel_mnist_bn": [
         "dataset=mnist",
         "teacher=cifar_resnet8",
         "recipe=robust",
-        "system.generator_warmup=0",
+        "system.objective.warmup=0",
         "generator.ngf=16",
         "system.channels_last=true",
         "data.batch_size=128",
@@ -124,7 +124,7 @@ def time_plain(cfg: DictConfig, device: torch.device, warmup: int, iterations: i
     teacher, student, generator = networks(cfg, device)
     opt_s = instantiate(cfg.system.student_optimizer)(student.parameters())
     opt_g = instantiate(cfg.system.generator_optimizer)(generator.parameters())
-    args = (teacher, student, generator, opt_s, opt_g, cfg.system.student_steps, cfg.data.batch_size, cfg.generator.nz)
+    args = (teacher, student, generator, opt_s, opt_g, cfg.system.learning.steps, cfg.data.batch_size, cfg.generator.nz)
     for _ in range(warmup):
         plain_iteration(*args, device)
     sync(device)
@@ -162,7 +162,7 @@ def time_lightning(cfg: DictConfig, device: torch.device, warmup: int, iteration
     data = DFADDataModule(
         nz=cfg.generator.nz,
         batch_size=cfg.data.batch_size,
-        student_steps=cfg.system.student_steps,
+        student_steps=cfg.system.learning.steps,
         iterations_per_epoch=warmup + iterations,
     )
     clock = IterationClock(warmup)
@@ -185,7 +185,7 @@ def flops_per_iteration(cfg: DictConfig, device: torch.device) -> float:
     teacher, student, generator = networks(cfg, device)
     opt_s = torch.optim.SGD(student.parameters(), lr=0.0)
     opt_g = torch.optim.SGD(generator.parameters(), lr=0.0)
-    args = (teacher, student, generator, opt_s, opt_g, cfg.system.student_steps, cfg.data.batch_size, cfg.generator.nz)
+    args = (teacher, student, generator, opt_s, opt_g, cfg.system.learning.steps, cfg.data.batch_size, cfg.generator.nz)
     with FlopCounterMode(display=False) as counter:
         plain_iteration(*args, device)
     return float(counter.get_total_flops())
@@ -203,7 +203,7 @@ def measure(name: str, device: torch.device, warmup: int, iterations: int, repea
             times[key].append(timer(cfg, device, warmup, iterations))
     peak = torch.cuda.max_memory_allocated() / 2**30 if device.type == "cuda" else float("nan")
     flops = flops_per_iteration(cfg, device)
-    images = (cfg.system.student_steps + 1) * cfg.data.batch_size
+    images = (cfg.system.learning.steps + 1) * cfg.data.batch_size
     rows = {}
     for key, values in times.items():
         seconds = statistics.median(values)
@@ -213,7 +213,7 @@ def measure(name: str, device: torch.device, warmup: int, iterations: int, repea
             "img/s": images / seconds,
             "TFLOP/s": flops / seconds / 1e12,
         }
-    return {"config": name, "batch": cfg.data.batch_size, "k": cfg.system.student_steps, "flop": flops,
+    return {"config": name, "batch": cfg.data.batch_size, "k": cfg.system.learning.steps, "flop": flops,
             "peak_gib": peak, "rows": rows, "ratio": rows["lightning"]["ms"] / rows["plain"]["ms"]}  # fmt: skip
 
 

@@ -26,6 +26,7 @@ from torchmetrics.classification import MulticlassAccuracy
 
 from dfad_lightning.data import DFADDataModule, Digits
 from dfad_lightning.networks import GeneratorA, LeNet5, cifar_resnet, lenet5_half
+from dfad_lightning.parts import Generated, MovingAverage, Objective, StudentSteps
 from dfad_lightning.systems import DFAD
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -91,17 +92,35 @@ def make_cfg(tmp_path: Path, cache_dir: Path) -> Iterator[Callable[..., DictConf
     GlobalHydra.instance().clear()
 
 
+# The part each of make_system's dict arguments configures (its dict: that part's arguments).
+PARTS = {"inputs": Generated, "objective": Objective, "learning": StudentSteps, "average": MovingAverage}
+
+
 def build_system(cls: type[DFAD] = DFAD, batchnorm_teacher: bool = False, **kwargs: Any) -> DFAD:
-    """A seeded system of small digit networks: LeNet-5 (or a BatchNorm ResNet-8) into LeNet-5-Half, k = K."""
+    """A seeded system of small digit networks: LeNet-5 (or a BatchNorm ResNet-8) into LeNet-5-Half, k = K.
+
+    A part given as a dict is that part's class with those arguments:
+    ``build_system(learning={"reuse": 2}, average={"decay": 0.5})``; ``generator=None`` builds none.
+    """
     L.seed_everything(0, verbose=False)
     kwargs.setdefault("student_optimizer", partial(torch.optim.SGD, lr=0.05, momentum=0.9))
+    learning = {"steps": K, **kwargs.pop("learning", {})} if isinstance(kwargs.get("learning", {}), dict) else None
+    if learning is not None:
+        kwargs["learning"] = learning
+    for name, part in PARTS.items():
+        if isinstance(kwargs.get(name), dict):
+            kwargs[name] = partial(part, **kwargs[name])
+    teacher = cifar_resnet(8, 1, 10).eval() if batchnorm_teacher else LeNet5(1, 10)
+    student = lenet5_half(1, 10)
+    generator = (
+        kwargs.pop("generator") if "generator" in kwargs else GeneratorA(nz=16, channels=1, image_size=32, ngf=8)
+    )
     return cls(
-        teacher=cifar_resnet(8, 1, 10).eval() if batchnorm_teacher else LeNet5(1, 10),
-        student=lenet5_half(1, 10),
-        generator=GeneratorA(nz=16, channels=1, image_size=32, ngf=8),
+        teacher=teacher,
+        student=student,
+        generator=generator,
         metric=MulticlassAccuracy(num_classes=10, average="micro"),
         metric_name="acc",
-        student_steps=K,
         **kwargs,
     )
 

@@ -11,20 +11,17 @@ from hydra.utils import instantiate
 
 from dfad_lightning.data import Conformed, Digits, TransferDataModule
 from dfad_lightning.errors import ConfigError
-from dfad_lightning.systems import DAFL, DFAD, DirectKD
+from dfad_lightning.parts import DAFLObjective, NoiseImages, RealImages
 from dfad_lightning.tasks import run
 
 
-def test_the_baselines_share_the_loop():
-    assert DirectKD.training_step is DAFL.training_step is DFAD.training_step
-
-
-def test_random_trains_the_student_on_noise_images_and_no_generator(tmp_path, make_system, fit):
-    system = make_system(cls=DirectKD, inputs="noise", image_shape=(1, 32, 32))
-    student, generator = snapshot(system.student), snapshot(system.generator)
-    fit(system, tmp_path, epochs=1)
-    assert not same(student, snapshot(system.student)) and same(generator, snapshot(system.generator))
+def test_random_trains_the_student_on_noise_images_with_no_generator(tmp_path, make_system, fit):
+    system = make_system(inputs=partial(NoiseImages, image_shape=(1, 32, 32)), generator=None)
+    student = snapshot(system.student)
+    trainer = fit(system, tmp_path, epochs=1)
+    assert not same(student, snapshot(system.student)) and len(trainer.optimizers) == 1  # the student's alone
     assert system.synthesize(torch.zeros(5, 16)).shape == (5, 1, 32, 32)
+    assert trainer.global_step == 4 * K  # no generation stage: k student steps an iteration
 
 
 def test_kd_trains_the_student_on_stacks_of_real_images(tmp_path, make_system, fit):
@@ -35,14 +32,22 @@ def test_kd_trains_the_student_on_stacks_of_real_images(tmp_path, make_system, f
     data.setup("fit")
     batch = next(iter(data.train_dataloader()))
     assert batch.shape == (K + 1, 8, 1, 32, 32) and len(data.train_dataloader()) == 3
-    system = make_system(cls=DirectKD, inputs="data")
-    student, generator = snapshot(system.student), snapshot(system.generator)
-    fit(system, tmp_path, epochs=1, datamodule=data)
-    assert not same(student, snapshot(system.student)) and same(generator, snapshot(system.generator))
+    system = make_system(inputs=RealImages, generator=None)
+    student = snapshot(system.student)
+    trainer = fit(system, tmp_path, epochs=1, datamodule=data)
+    assert not same(student, snapshot(system.student)) and len(trainer.optimizers) == 1
+
+
+def test_inputs_without_a_generator_refuse_a_learnt_contrast_and_need_none(make_system):
+    with pytest.raises(ConfigError, match=r"^inputs\.input_affine: RealImages inputs have no learnt scale"):
+        make_system(inputs=partial(RealImages, input_affine=True), generator=None)
+    assert make_system(inputs=partial(RealImages, input_affine="auto"), generator=None).inputs.affine is None
+    with pytest.raises(ValueError, match="Generated inputs need a generator"):
+        make_system(generator=None)
 
 
 def test_dafl_trains_the_generator_against_the_teacher_alone(tmp_path, make_system, fit):
-    system = make_system(cls=DAFL)
+    system = make_system(objective=DAFLObjective)
     x = system.generator(torch.randn(8, 16))
     student_out = system.student(x)
     loss = system.generator_loss(student_out, system.teacher(x))

@@ -128,6 +128,8 @@ def test_every_configuration_of_the_speed_benchmark_composes():
     spec.loader.exec_module(speed)
     for name in speed.CONFIGS:
         cfg = speed.load_config(name)
-        assert cfg.data.batch_size > 0 and cfg.system.student_steps > 0, name
+        assert cfg.data.batch_size > 0 and cfg.system.learning.steps > 0, name
     panel = speed.load_config("panel_mnist_bn")
-    assert panel.data.batch_size == 128 and panel.recipe.name == "robust" and panel.system.student_minibatches == "auto"
+    assert (
+        panel.data.batch_size == 128 and panel.recipe.name == "robust" and panel.system.learning.minibatches == "auto"
+    )

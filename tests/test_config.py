@@ -118,7 +118,7 @@ def test_the_kd_baselines_distil_at_temperature_4(make_cfg, method):
 @pytest.mark.parametrize("option", options("adversarial"))
 def test_adversarial_options_turn_the_discrepancy_into_a_loss_to_minimise(make_cfg, option):
     cfg = make_cfg(f"adversarial={option}")
-    objective = instantiate(cfg.system.adversarial)
+    objective = instantiate(cfg.system.objective.adversarial)
     assert objective(torch.tensor(2.0)) < objective(torch.tensor(1.0))
 
 
@@ -179,10 +179,10 @@ def test_generic_datasets_train_with_the_robust_recipe(make_cfg, dataset):
     cfg = make_cfg(f"dataset={dataset}", *GENERIC[dataset], tiny=False)
     assert cfg.recipe.name == "robust" and cfg.method.name == "DFAD"
     system = cfg.system
-    assert system.replay_size > 0 and system.ema_decay is not None and system.student_reuse > 1
-    assert system.one_hot > 0 and system.balance > 0 and system.bn_prior > 0
-    assert system.student_minibatches == "auto"  # finer updates where the BatchNorm prior acts
-    assert system.input_affine == "auto"  # and a learnable contrast of the generated inputs
+    assert system.learning.replay_size > 0 and system.average.decay is not None and system.learning.reuse > 1
+    assert system.objective.one_hot > 0 and system.objective.balance > 0 and system.objective.bn_prior > 0
+    assert system.learning.minibatches == "auto"  # finer updates where the BatchNorm prior acts
+    assert system.inputs.input_affine == "auto"  # and a learnable contrast of the generated inputs
     # Your own data through the CPU-sized MNIST experiment, as a new user runs it: the recipe too.
     assert make_cfg("experiment=cpu_mnist", f"dataset={dataset}", *GENERIC[dataset]).recipe.name == "robust"
 
@@ -192,9 +192,9 @@ def test_the_papers_settings_keep_the_papers_algorithm(make_cfg, experiment):
     cfg = make_cfg(f"experiment={experiment}", tiny=False)
     assert cfg.recipe.name == "paper" and cfg.method.name == "DFAD"
     system = cfg.system
-    assert system.ema_decay is None and system.replay_size == 0 and system.student_reuse == 1
-    assert system.student_minibatches == 1 and system.input_affine is False
-    assert system.balance == system.one_hot == system.bn_prior == 0
+    assert system.average.decay is None and system.learning.replay_size == 0 and system.learning.reuse == 1
+    assert system.learning.minibatches == 1 and system.inputs.input_affine is False
+    assert system.objective.balance == system.objective.one_hot == system.objective.bn_prior == 0
 
 
 def test_paper_rows_carry_table_7(make_cfg):
@@ -266,7 +266,7 @@ def test_the_whole_default_config_instantiates_its_parts(make_cfg):
     cfg = make_cfg(tiny=False)
     assert cfg.task == "distill" and cfg.dataset.name == "digits"
     assert instantiate(cfg.data).batch_size == 128
-    assert cfg.system.student_steps == 5
+    assert cfg.system.learning.steps == 5
     assert instantiate(cfg.system.student_optimizer)([torch.nn.Parameter(torch.zeros(1))]).defaults["momentum"] == 0.9
 
 
@@ -281,13 +281,13 @@ def test_help_lists_the_config_groups():
 @pytest.mark.parametrize(
     "option",
     [
-        "system.ema_decay=0.9",
-        "system.replay_size=64",
-        "system.balance=1",
-        "system.one_hot=1",
-        "system.student_reuse=2",
-        "system.student_minibatches=2",
-        "system.input_affine=true",
+        "system.average.decay=0.9",
+        "system.learning.replay_size=64",
+        "system.objective.balance=1",
+        "system.objective.one_hot=1",
+        "system.learning.reuse=2",
+        "system.learning.minibatches=2",
+        "system.inputs.input_affine=true",
     ],
 )
 def test_each_option_of_the_loop_runs_through_the_config(make_cfg, option):
@@ -298,28 +298,35 @@ def test_each_option_of_the_loop_runs_through_the_config(make_cfg, option):
 
 
 def test_python_defaults_of_the_system_are_the_configs(make_cfg):
-    """One default for each argument: DFAD's signature and conf/train.yaml agree (the recipe and datasets override)."""
+    """One default for each argument: DFAD's and its parts' signatures agree with conf/train.yaml.
+
+    The recipe and the datasets override them; the paper's recipe on MNIST sets no system value.
+    """
     import inspect
 
-    from hydra.utils import instantiate
+    from hydra.utils import get_class, instantiate
     from omegaconf import OmegaConf
 
     from dfad_lightning.systems import DFAD
 
-    cfg = make_cfg("recipe=paper", "dataset=mnist", tiny=False)  # no dataset-specific system values
-    system = OmegaConf.to_container(cfg.system, resolve=False)
-    for name, parameter in inspect.signature(DFAD.__init__).parameters.items():
-        if parameter.default is inspect.Parameter.empty or name not in system:
-            continue
-        configured = system[name]
-        if isinstance(configured, dict) and "_target_" in configured:  # an optimizer factory
-            built = instantiate(configured)([torch.zeros(1, requires_grad=True)])
-            default = parameter.default([torch.zeros(1, requires_grad=True)])
-            assert type(built) is type(default), name
-            assert {k: built.defaults[k] for k in ("lr", "weight_decay")} == {
-                k: default.defaults[k] for k in ("lr", "weight_decay")
-            }, name
-        elif not (isinstance(configured, str) and configured.startswith("${")):
-            assert configured == parameter.default, (
-                f"{name}: the config says {configured!r}, DFAD {parameter.default!r}"
-            )
+    def same_defaults(cls, node, where):
+        for name, parameter in inspect.signature(cls.__init__).parameters.items():
+            if parameter.default is inspect.Parameter.empty or name not in node:
+                continue
+            configured = node[name]
+            if isinstance(configured, dict) and configured.get("_partial_") and "_target_" in configured:
+                default = parameter.default
+                if isinstance(default, type) and issubclass(default, torch.nn.Module):  # a part: its class and values
+                    assert get_class(configured["_target_"]) is default, f"{where}.{name}"
+                    same_defaults(default, configured, f"{where}.{name}")
+                    continue
+                built = instantiate(configured)([torch.zeros(1, requires_grad=True)])  # an optimizer factory
+                expected = default([torch.zeros(1, requires_grad=True)])
+                assert type(built) is type(expected), f"{where}.{name}"
+                for key in ("lr", "weight_decay"):
+                    assert built.defaults[key] == expected.defaults[key], f"{where}.{name}.{key}"
+            elif not (isinstance(configured, str) and configured.startswith("${")):
+                assert configured == parameter.default, f"{where}.{name}: the config says {configured!r}"
+
+    cfg = make_cfg("recipe=paper", "dataset=mnist", tiny=False)
+    same_defaults(DFAD, OmegaConf.to_container(cfg.system, resolve=False), "system")

@@ -12,6 +12,7 @@ from torchmetrics.classification import MulticlassAccuracy
 
 from dfad_lightning.errors import ConfigError
 from dfad_lightning.networks import GeneratorA, LeNet5, lenet5_half
+from dfad_lightning.parts import StudentSteps
 from dfad_lightning.systems import DFAD
 
 
@@ -150,9 +151,11 @@ def test_wrong_number_of_noise_batches_is_refused(make_system, make_datamodule):
         trainer.fit(system, datamodule=datamodule)
 
 
-def test_student_steps_below_one_are_refused():
-    with pytest.raises(ConfigError, match=r"^student_steps: must be an integer, at least 1, got 0$"):
-        DFAD(LeNet5(), lenet5_half(), GeneratorA(16, 1, 32, 8), MulticlassAccuracy(10), "acc", student_steps=0)
+def test_student_steps_below_one_are_refused_naming_the_part():
+    learning = partial(StudentSteps, steps=0)
+    with pytest.raises(ConfigError, match=r"^learning\.steps: must be an integer, at least 1, got 0$") as err:
+        DFAD(LeNet5(), lenet5_half(), GeneratorA(16, 1, 32, 8), MulticlassAccuracy(10), "acc", learning=learning)
+    assert err.value.under("system").key == "system.learning.steps"  # the key a config user changes
 
 
 def test_channels_last_stores_the_networks_channels_last_and_still_trains(tmp_path, make_system, fit):
@@ -173,8 +176,8 @@ def test_hydra_partials_become_plain_partials_of_the_same_function(make_system):
     kl = instantiate({"_target_": "dfad_lightning.losses.kl", "_partial_": True, "temperature": 4.0})
     negative = instantiate({"_target_": "dfad_lightning.losses.negative", "_partial_": True})
     assert type(kl) is not partial  # what this guards against: Hydra's own subclass
-    system = make_system(discrepancy=kl, adversarial=negative)
-    assert type(system._discrepancy) is partial and type(system._adversarial) is partial
+    system = make_system(discrepancy=kl, objective={"adversarial": negative})
+    assert type(system._discrepancy) is partial and type(system.objective.adversarial) is partial
     assert system._discrepancy.func is losses.kl and system._discrepancy.keywords == {"temperature": 4.0}
     student_out, teacher_out = torch.randn(4, 10), torch.randn(4, 10)
     assert torch.equal(system.discrepancy(student_out, teacher_out), kl(student_out, teacher_out))

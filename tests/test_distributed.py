@@ -24,7 +24,7 @@ DDP = [
     "trainer.max_epochs=2",
     "generator.ngf=8",
     "trainer.enable_progress_bar=false",
-    "system.generator_warmup=2",
+    "system.objective.warmup=2",
 ]
 
 

@@ -22,7 +22,7 @@ def test_the_site_builds_strictly_with_every_link_and_reference(tmp_path):
     done = subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True, timeout=600)
     assert done.returncode == 0, done.stderr[-3000:]
     page = (tmp_path / "site" / "configuration" / "index.html").read_text()
-    assert "system.student_steps" in page and "config-reference" not in page  # the marker was filled
+    assert "system.learning.steps" in page and "config-reference" not in page  # the marker was filled
     assert "DFAD" in (tmp_path / "site" / "reference" / "api" / "index.html").read_text()
 
 
@@ -32,8 +32,8 @@ def test_the_configuration_reference_documents_every_rule(make_cfg):
         assert f"| `{rule.key}` |" in text, rule.key
         assert rule.doc, f"{rule.key} has no doc line for the reference"
     assert "| `data.batch_size` | `128` | an integer, at least 2 (BatchNorm needs 2 samples) |" in text
-    assert "| `system.replay_size` | `4096` |" in text  # the embedded default's recipe
-    row = next(line for line in text.splitlines() if line.startswith("| `system.activation`"))
+    assert "| `system.learning.replay_size` | `4096` |" in text  # the embedded default's recipe
+    row = next(line for line in text.splitlines() if line.startswith("| `system.objective.activation`"))
     assert "set by the options that use it" in row
 
 

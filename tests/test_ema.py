@@ -7,18 +7,18 @@ import torch
 from conftest import same, snapshot
 from torch import nn
 
-from dfad_lightning.systems import DFAD
+from dfad_lightning.parts.average import _average
 from dfad_lightning.tasks import run
 
 
 def test_the_average_follows_the_student_and_is_what_a_run_delivers(tmp_path, make_system, fit):
-    system = make_system(ema_decay=0.5)
-    assert system.final_student is system.student_ema.module
+    system = make_system(average={"decay": 0.5})
+    assert system.final_student is system.average.model.module
     fit(system, tmp_path, epochs=1)
     averaged, trained = snapshot(system.final_student), snapshot(system.student)
     assert averaged.keys() == trained.keys() and not same(averaged, trained)
-    assert int(system.student_ema.n_averaged) == 4  # once per iteration
-    assert not any(p.requires_grad for p in system.student_ema.parameters())
+    assert int(system.average.model.n_averaged) == 4  # once per iteration
+    assert not any(p.requires_grad for p in system.average.model.parameters())
     x = torch.randn(4, 1, 32, 32)
     system.eval()
     assert torch.equal(system(x), system.final_student(x))  # evaluated, probed and exported: the average
@@ -26,7 +26,7 @@ def test_the_average_follows_the_student_and_is_what_a_run_delivers(tmp_path, ma
 
 def test_the_average_is_a_warmed_up_exponential_average():
     student = nn.Linear(1, 1, bias=False)
-    average = DFAD._average(student, decay=0.9)
+    average = _average(student, decay=0.9)
     seen = []
     for value in (1.0, 2.0, 3.0):
         student.weight.data.fill_(value)
@@ -40,13 +40,15 @@ def test_the_average_is_a_warmed_up_exponential_average():
 
 def test_without_average_the_student_is_delivered(tmp_path, make_system):
     system = make_system()
-    assert system.student_ema is None and system.final_student is system.student
+    assert system.average.model is None and system.final_student is system.student
 
 
 def test_student_pt_holds_the_averaged_weights(make_cfg):
-    results = run(make_cfg("system.ema_decay=0.9"))
+    results = run(make_cfg("system.average.decay=0.9"))
     saved = torch.load(results["student_weights"], weights_only=True)
     checkpoint = torch.load(results["output_dir"] + "/checkpoints/last.ckpt", weights_only=True)["state_dict"]
-    averaged = {k.removeprefix("student_ema.module."): v for k, v in checkpoint.items() if "student_ema.module." in k}
+    averaged = {
+        k.removeprefix("average.model.module."): v for k, v in checkpoint.items() if "average.model.module." in k
+    }
     raw = {k.removeprefix("student."): v for k, v in checkpoint.items() if k.startswith("student.")}
     assert same(saved, averaged) and not same(saved, raw)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import inspect
 from collections import Counter
+from functools import partial
 
 import lightning as L
 import pytest
@@ -15,6 +16,7 @@ from torch.utils.data import TensorDataset
 from torchmetrics.regression import MeanSquaredError
 
 from dfad_lightning.data import DFADDataModule
+from dfad_lightning.parts import StudentSteps
 from dfad_lightning.systems import DFAD
 from dfad_lightning.tasks import run
 
@@ -59,7 +61,7 @@ def test_a_new_task_is_a_short_subclass_whose_hooks_run_and_whose_metric_is_logg
         nn.Sequential(nn.Linear(4, 8), nn.BatchNorm1d(8)),
         metric=MeanSquaredError(),
         metric_name="mse",
-        student_steps=2,
+        learning=partial(StudentSteps, steps=2),
     )
     data = DFADDataModule(nz=4, batch_size=16, student_steps=2, iterations_per_epoch=5, eval_dataset=lambda: real)
     trainer = L.Trainer(

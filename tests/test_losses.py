@@ -3,7 +3,7 @@ import torch
 from torch import nn
 
 from dfad_lightning import losses
-from dfad_lightning.systems import DAFL
+from dfad_lightning.parts import DAFLObjective
 
 DISCREPANCIES = [losses.mae, losses.mse, losses.mae_mse, losses.kl]
 
@@ -111,14 +111,14 @@ def test_the_batchnorm_prior_is_the_distance_of_the_batchs_statistics_in_any_lay
 
 def test_the_batchnorm_prior_is_nothing_on_a_teacher_without_batchnorm(make_system):
     # make_system's teacher is a LeNet-5: the prior finds no layer and the generator's loss is the paper's.
-    plain, primed = make_system(), make_system(bn_prior=1.0)
+    plain, primed = make_system(), make_system(objective={"bn_prior": 1.0})
     x = primed.generator(torch.randn(8, 16))
     s, t = primed.student(x), primed.teacher(x)
     assert torch.equal(primed.generator_loss(s, t), plain.generator_loss(s, t))
 
 
 def test_priors_add_to_the_generators_loss_and_only_there(make_system):
-    plain, primed = make_system(), make_system(balance=2.0, one_hot=0.5)
+    plain, primed = make_system(), make_system(objective={"balance": 2.0, "one_hot": 0.5})
     x = plain.generator(torch.randn(8, 16))
     s, t = plain.student(x), plain.teacher(x)
     expected = losses.negative(losses.mae(s, t)) + 2.0 * losses.class_balance(t) + 0.5 * losses.one_hot(t)
@@ -130,20 +130,20 @@ def test_priors_add_to_the_generators_loss_and_only_there(make_system):
 def test_the_batchnorm_prior_shapes_the_generators_gradient(make_system):
     grads = []
     for weight in (0.0, 1.0):
-        system = make_system(batchnorm_teacher=True, bn_prior=weight)
+        system = make_system(batchnorm_teacher=True, objective={"bn_prior": weight})
         x = system.generator(torch.randn(8, 16))
         system.generator_loss(system.student(x), system.teacher(x)).backward()
         grads.append(system.generator.project.weight.grad.clone())
     assert not torch.allclose(grads[0], grads[1])
-    primed = make_system(batchnorm_teacher=True, bn_prior=1.0)
-    assert primed.bn_prior is not None and len(primed.bn_prior) == 7
+    primed = make_system(batchnorm_teacher=True, objective={"bn_prior": 1.0})
+    assert primed.objective.bn_prior is not None and len(primed.objective.bn_prior) == 7
 
 
 def test_dafl_is_the_priors_plus_its_activation_loss(make_system):
-    system = make_system(cls=DAFL)
-    assert system.prior_weights == {"balance": 5.0, "one_hot": 1.0, "bn_prior": 0.0}
+    system = make_system(objective=DAFLObjective)
+    assert system.objective.weights == {"balance": 5.0, "one_hot": 1.0, "bn_prior": 0.0}
     x = system.generator(torch.randn(8, 16))
     t = system.teacher(x)
-    features = system._features
+    features = system.objective._features
     expected = 5.0 * losses.class_balance(t) + losses.one_hot(t) - 0.1 * features.abs().mean()
     assert torch.allclose(system.generator_loss(system.student(x), t), expected)

@@ -10,7 +10,7 @@ import shutil
 
 import pytest
 import torch
-from conftest import TINY
+from conftest import TINY, same, snapshot
 from hydra.errors import ConfigCompositionException
 
 from dfad_lightning import tasks
@@ -61,7 +61,7 @@ def test_a_nan_loss_stops_the_run_naming_the_iteration_and_the_last_good_checkpo
 def test_with_student_reuse_the_nan_names_the_update_and_iterations_still_count(tmp_path, make_system, fit_saving):
     # K = 3 steps x 2 updates + 1 generator step = 7 discrepancy calls per iteration: call 18 is in
     # iteration 3, its 4th update: student step 2, update 2.
-    system = make_system(discrepancy=NaNAfter(18), student_reuse=2)
+    system = make_system(discrepancy=NaNAfter(18), learning={"reuse": 2})
     with pytest.raises(NonFiniteLossError) as err:
         fit_saving(system, tmp_path)
     message = str(err.value)
@@ -72,7 +72,7 @@ def test_with_student_reuse_the_nan_names_the_update_and_iterations_still_count(
 
 def test_with_student_minibatches_the_nan_names_the_update(tmp_path, make_system, fit_saving):
     # K = 3 steps x 2 minibatches + 1 generator step = 7 discrepancy calls per iteration, as above.
-    system = make_system(discrepancy=NaNAfter(18), student_minibatches=2)
+    system = make_system(discrepancy=NaNAfter(18), learning={"minibatches": 2})
     with pytest.raises(
         NonFiniteLossError, match=r"student loss \(student step 2 of 3, update 2 of 2\) is nan in iteration 3 "
     ):
@@ -176,8 +176,8 @@ def another_teacher(tmp_path) -> list[str]:
     [
         (another_teacher, r"^teacher\.checkpoint: the checkpoint to resume was trained against"),
         (
-            lambda _: ["system.input_affine=true"],
-            r"^system\.input_affine: the checkpoint to resume was trained without .*input_affine=false$",
+            lambda _: ["system.inputs.input_affine=true"],
+            r"^system\.inputs\.input_affine: the checkpoint to resume was trained without .*input_affine=false$",
         ),
     ],
     ids=["another teacher", "input_affine"],
@@ -196,7 +196,7 @@ def test_a_run_refuses_to_resume_with_another_teacher_or_input_affine(make_cfg, 
 
 @pytest.mark.parametrize(
     ("change", "detail"),
-    [("generator.ngf=4", "size mismatch for generator"), ("recipe=paper", 'Unexpected key.*"student_ema')],
+    [("generator.ngf=4", "size mismatch for generator"), ("recipe=paper", 'Unexpected key.*"learning.memory')],
 )
 def test_resuming_with_other_networks_or_options_names_the_options_of_the_first_start(
     make_cfg, tmp_path, change, detail
@@ -353,7 +353,7 @@ class NaNPriorsAfter(DFAD):
 
 
 def test_a_nan_in_the_warmup_stops_the_run_too(tmp_path, make_system, fit_saving):
-    system = make_system(cls=NaNPriorsAfter, nan_after=3, generator_warmup=4, balance=1.0)
+    system = make_system(cls=NaNPriorsAfter, nan_after=3, objective={"warmup": 4, "balance": 1.0})
     with pytest.raises(NonFiniteLossError, match=r"the generator loss \(warm-up\) is nan in iteration 3 "):
         fit_saving(system, tmp_path)
     saved = torch.load(tmp_path / "ckpt" / "last.ckpt", weights_only=True)
@@ -361,8 +361,34 @@ def test_a_nan_in_the_warmup_stops_the_run_too(tmp_path, make_system, fit_saving
 
 
 def test_skip_mode_skips_nonfinite_warmup_steps(tmp_path, make_system, fit_saving):
-    system = make_system(cls=NaNPriorsAfter, nan_after=2, generator_warmup=3, balance=1.0, nonfinite="skip")
+    system = make_system(cls=NaNPriorsAfter, nan_after=2, nonfinite="skip", objective={"warmup": 3, "balance": 1.0})
     fit_saving(system, tmp_path, epochs=1)  # 4 iterations: 3 in the warm-up, the last two of them NaN
     # skipped: those two warm-up steps and the generator step of the one iteration after them
     assert int(system.skipped_steps) == 2 + 1
     assert all(torch.isfinite(p).all() for p in system.generator.parameters())
+
+
+def test_a_checkpoint_written_before_the_parts_loads_and_a_newer_one_is_refused(tmp_path, make_system, fit):
+    from dfad_lightning.systems.dfad import CHECKPOINT_FORMAT, FORMAT_1_NAMES
+
+    options = {"learning": {"replay_size": 32}, "average": {"decay": 0.9}, "inputs": {"input_affine": True}}
+    system = make_system(**options)
+    trainer = fit(system, tmp_path, epochs=1)
+    trainer.save_checkpoint(tmp_path / "now.ckpt")
+    checkpoint = torch.load(tmp_path / "now.ckpt", weights_only=False)
+    assert checkpoint["dfad_format"] == CHECKPOINT_FORMAT
+    # The same checkpoint as format 1 wrote it: no format entry, the parts' state under their old names.
+    old = {v: k for k, v in FORMAT_1_NAMES.items()}
+    renamed = {}
+    for key, value in checkpoint["state_dict"].items():
+        new = next((n for n in old if key.startswith(n)), None)
+        renamed[old[new] + key.removeprefix(new) if new else key] = value
+    assert "memory.samples" in renamed and "student_ema.n_averaged" in renamed and "input_affine.scale" in renamed
+    format_1 = {**checkpoint, "state_dict": renamed}
+    del format_1["dfad_format"]
+    restored = make_system(**options)
+    restored.on_load_checkpoint(format_1)
+    restored.load_state_dict(format_1["state_dict"])  # strict: every entry found its part
+    assert same(snapshot(restored), snapshot(system))
+    with pytest.raises(ConfigError, match=r"^ckpt_path: the checkpoint was written by a newer dfad-lightning"):
+        make_system(**options).on_load_checkpoint({**checkpoint, "dfad_format": CHECKPOINT_FORMAT + 1})

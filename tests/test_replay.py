@@ -3,13 +3,14 @@
 from __future__ import annotations
 
 import warnings
+from functools import partial
 
 import pytest
 import torch
 from conftest import K, SeesStudentInputs
 
-from dfad_lightning.systems import DFAD
-from dfad_lightning.systems.memory import ReplayMemory
+from dfad_lightning.parts import StudentSteps
+from dfad_lightning.parts.memory import ReplayMemory
 
 
 def test_the_memory_keeps_a_uniform_sample_of_everything_pushed():
@@ -58,21 +59,24 @@ def test_an_empty_memory_cannot_be_sampled():
 
 
 def test_student_steps_add_past_samples_after_the_first(tmp_path, make_system, fit):
-    system = make_system(cls=SeesStudentInputs, replay_size=32, replay_fraction=0.5)
+    system = make_system(cls=SeesStudentInputs, learning={"replay_size": 32, "replay_fraction": 0.5})
     fit(system, tmp_path, epochs=1)
     assert system.sizes[0] == 8 and set(system.sizes[1:]) == {12}  # batch 8, plus 4 from the memory
-    assert system.memory is not None and system.memory.seen == 4 * K * 8
+    assert system.learning.memory is not None and system.learning.memory.seen == 4 * K * 8
     state = system.state_dict()
-    assert "memory.samples" in state and state["memory.outputs"].shape == (32, 10)
-    assert state["memory._extra_state"] == {"seen": 4 * K * 8, "drawn": 4 * K - 1}  # a draw in every step but the first
-    restored = make_system(replay_size=32)
+    assert "learning.memory.samples" in state and state["learning.memory.outputs"].shape == (32, 10)
+    # a draw in every step but the first
+    assert state["learning.memory._extra_state"] == {"seen": 4 * K * 8, "drawn": 4 * K - 1}
+    restored = make_system(learning={"replay_size": 32})
     restored.on_load_checkpoint({"state_dict": state})  # makes the memory the checkpoint holds
     restored.load_state_dict(state)
-    assert restored.memory is not None and torch.equal(restored.memory.samples, system.memory.samples)
-    assert torch.equal(restored.memory.outputs, system.memory.outputs)
+    assert restored.learning.memory is not None and torch.equal(
+        restored.learning.memory.samples, system.learning.memory.samples
+    )
+    assert torch.equal(restored.learning.memory.outputs, system.learning.memory.outputs)
 
 
-class SeesReplay(DFAD):
+class SeesReplay(StudentSteps):
     """Records the inputs of every student update and the teacher outputs they are trained on."""
 
     def __init__(self, *args, **kwargs):
@@ -86,21 +90,26 @@ class SeesReplay(DFAD):
 
 
 def test_replayed_samples_are_drawn_anew_for_each_update_with_the_teachers_outputs(tmp_path, make_system, fit):
-    system = make_system(cls=SeesReplay, student_reuse=2, replay_size=32)
+    system = make_system(learning=partial(SeesReplay, steps=K, reuse=2, replay_size=32))
     fit(system, tmp_path, epochs=1)
-    (x1, _), (x2, _) = system.updates[2:4]  # the second step's two updates
+    (x1, _), (x2, _) = system.learning.updates[2:4]  # the second step's two updates
     assert torch.equal(x1[:8], x2[:8]) and not torch.equal(x1[8:], x2[8:])  # same fresh half, new past half
     system.eval()
     with torch.no_grad():
-        for x, out in system.updates[2:]:  # what the memory gives is what the frozen teacher says
+        for x, out in system.learning.updates[2:]:  # what the memory gives is what the frozen teacher says
             assert torch.allclose(out, system.teacher(x), atol=1e-5)
 
 
 def test_a_half_size_memory_stores_bfloat16_and_the_student_steps_still_run(tmp_path, make_system, fit):
-    system = make_system(cls=SeesStudentInputs, replay_size=32, replay_fraction=0.5, replay_dtype="bfloat16")
+    system = make_system(
+        cls=SeesStudentInputs, learning={"replay_size": 32, "replay_fraction": 0.5, "replay_dtype": "bfloat16"}
+    )
     fit(system, tmp_path, epochs=1)
-    assert system.memory is not None and system.memory.samples.dtype == system.memory.outputs.dtype == torch.bfloat16
-    assert set(system.sizes[1:]) == {12} and system.memory.samples.abs().sum() > 0
+    assert (
+        system.learning.memory is not None
+        and system.learning.memory.samples.dtype == system.learning.memory.outputs.dtype == torch.bfloat16
+    )
+    assert set(system.sizes[1:]) == {12} and system.learning.memory.samples.abs().sum() > 0
     memory = ReplayMemory(4, (2,), (1,), torch.float16)
     memory.push(torch.full((3, 2), 1 / 3), torch.ones(3, 1))
     x, out = memory.sample(2)
@@ -108,11 +117,13 @@ def test_a_half_size_memory_stores_bfloat16_and_the_student_steps_still_run(tmp_
 
 
 def test_a_replay_memory_too_large_to_ignore_warns_with_the_keys_to_change(tmp_path, monkeypatch, make_system):
-    monkeypatch.setattr("dfad_lightning.systems.dfad.REPLAY_WARN_BYTES", 32 * (64 + 10) * 4 - 1)  # 32 of 1x8x8 and 10
-    system = make_system(replay_size=32)
-    expected = r"32 samples of 1x8x8 .* in float32.*system\.replay_size.*replay_dtype=bfloat16"
+    monkeypatch.setattr("dfad_lightning.parts.learning.REPLAY_WARN_BYTES", 32 * (64 + 10) * 4 - 1)  # 32 of 1x8x8 and 10
+    system = make_system(learning={"replay_size": 32})
+    expected = r"32 samples of 1x8x8 .* in float32.*system\.learning\.replay_size.*replay_dtype=bfloat16"
     with pytest.warns(UserWarning, match=expected):
-        system._new_memory((1, 8, 8), (10,), torch.device("cpu"))
+        system.learning._new_memory((1, 8, 8), (10,), torch.device("cpu"))
     with warnings.catch_warnings():
         warnings.simplefilter("error")
-        make_system(replay_size=32, replay_dtype="bfloat16")._new_memory((1, 8, 8), (10,), torch.device("cpu"))
+        make_system(learning={"replay_size": 32, "replay_dtype": "bfloat16"}).learning._new_memory(
+            (1, 8, 8), (10,), torch.device("cpu")
+        )

@@ -31,12 +31,12 @@ RUN = [
     "schedule=constant",  # replaced by the step schedules below
     f"system.student_scheduler={STEP_LR}",
     f"system.generator_scheduler={STEP_LR}",
-    "system.ema_decay=0.9",
-    "system.replay_size=40",
-    "system.balance=1",
-    f"system.generator_warmup={WARMUP}",
-    "system.student_minibatches=2",
-    "system.input_affine=true",
+    "system.average.decay=0.9",
+    "system.learning.replay_size=40",
+    "system.objective.balance=1",
+    f"system.objective.warmup={WARMUP}",
+    "system.learning.minibatches=2",
+    "system.inputs.input_affine=true",
 ]
 STEPS_PER_ITERATION = 5 * 2 + 1
 
@@ -100,9 +100,9 @@ def assert_same_student(a: Path, b: Path) -> None:
     assert all(torch.equal(sa[k], sb[k]) for k in sa), "the resumed run diverged from the straight one"
     # The whole state too: the student itself, the generator, the average and the replay memory.
     ca, cb = (torch.load(p / "checkpoints" / "last.ckpt", weights_only=True)["state_dict"] for p in (a, b))
-    assert ca.keys() == cb.keys() and "memory.samples" in ca and "student_ema.n_averaged" in ca
+    assert ca.keys() == cb.keys() and "learning.memory.samples" in ca and "average.model.n_averaged" in ca
     assert all(torch.equal(ca[k], cb[k]) for k in ca if isinstance(ca[k], torch.Tensor))
-    assert ca["memory._extra_state"] == cb["memory._extra_state"]
+    assert ca["learning.memory._extra_state"] == cb["learning.memory._extra_state"]
 
 
 @pytest.mark.parametrize(

@@ -17,11 +17,11 @@ from dfad_lightning.tasks.schema import SCHEMA
 BAD = [
     ("data.batch_size=abc", "data.batch_size", "'abc'"),
     ("data.batch_size=1", "data.batch_size", "at least 2"),
-    ("system.student_steps=abc", "system.student_steps", "'abc'"),
-    ("system.student_reuse=0", "system.student_reuse", "got 0"),
-    ("system.student_minibatches=0", "system.student_minibatches", "got 0"),
-    ("system.student_minibatches=some", "system.student_minibatches", "at least 1, or auto"),
-    ("system.input_affine=some", "system.input_affine", "true or false, or auto"),
+    ("system.learning.steps=abc", "system.learning.steps", "'abc'"),
+    ("system.learning.reuse=0", "system.learning.reuse", "got 0"),
+    ("system.learning.minibatches=0", "system.learning.minibatches", "got 0"),
+    ("system.learning.minibatches=some", "system.learning.minibatches", "at least 1, or auto"),
+    ("system.inputs.input_affine=some", "system.inputs.input_affine", "true or false, or auto"),
     ("data.iterations_per_epoch=1.5", "data.iterations_per_epoch", "1.5"),
     ("generator.ngf=0", "generator.ngf", "got 0"),
     ("generator.nz=-3", "generator.nz", "got -3"),
@@ -31,13 +31,13 @@ BAD = [
     ("trainer.precision=17", "trainer.precision", "bf16-mixed"),
     ("system.student_optimizer.lr=fast", "system.student_optimizer.lr", "'fast'"),
     ("system.student_optimizer.momentum=1.5", "system.student_optimizer.momentum", "below 1"),
-    ("system.ema_decay=1", "system.ema_decay", "below 1"),
-    ("system.replay_fraction=0", "system.replay_fraction", "got 0"),
-    ("system.replay_dtype=int8", "system.replay_dtype", "bfloat16"),
-    ("system.generator_warmup=-1", "system.generator_warmup", "got -1"),
+    ("system.average.decay=1", "system.average.decay", "below 1"),
+    ("system.learning.replay_fraction=0", "system.learning.replay_fraction", "got 0"),
+    ("system.learning.replay_dtype=int8", "system.learning.replay_dtype", "bfloat16"),
+    ("system.objective.warmup=-1", "system.objective.warmup", "got -1"),
     ("system.nonfinite=maybe", "system.nonfinite", "stop, skip"),
     ("system.channels_last=3", "system.channels_last", "true or false"),
-    ("system.generator_warmup=1.5", "system.generator_warmup", "a number in [0, 1)"),
+    ("system.objective.warmup=1.5", "system.objective.warmup", "a number in [0, 1)"),
     ("dataset.num_classes=1", "dataset.num_classes", "at least 2"),
     ("dataset.image_size=[0,32]", "dataset.image_size", "[0, 32]"),
     ("dataset.num_classes=ten", "dataset.num_classes", "'ten'"),
@@ -115,25 +115,26 @@ def test_what_a_user_sees_is_one_line_and_exit_2(make_cfg, capsys, overrides, ke
 
 
 @pytest.mark.parametrize(
-    ("option", "name"),
+    ("part", "value"),
     [
-        ({"ema_decay": 1.0}, "ema_decay"),
-        ({"replay_size": -1}, "replay_size"),
-        ({"replay_fraction": 0.0}, "replay_fraction"),
-        ({"student_reuse": 0}, "student_reuse"),
-        ({"student_minibatches": 0}, "student_minibatches"),
-        ({"student_minibatches": "some"}, "student_minibatches"),
-        ({"nonfinite": "ignore"}, "nonfinite"),
-        ({"replay_dtype": "int8"}, "replay_dtype"),
-        ({"generator_warmup": -1}, "generator_warmup"),
-        ({"generator_warmup": 1.0}, "generator_warmup"),
-        ({"input_affine": "yes"}, "input_affine"),
+        ({"average": {"decay": 1.0}}, 1.0),
+        ({"learning": {"replay_size": -1}}, -1),
+        ({"learning": {"replay_fraction": 0.0}}, 0.0),
+        ({"learning": {"reuse": 0}}, 0),
+        ({"learning": {"minibatches": 0}}, 0),
+        ({"learning": {"minibatches": "some"}}, "some"),
+        ({"learning": {"replay_dtype": "int8"}}, "int8"),
+        ({"objective": {"warmup": -1}}, -1),
+        ({"objective": {"warmup": 1.0, "balance": 1.0}}, 1.0),
+        ({"inputs": {"input_affine": "yes"}}, "yes"),
+        ({"nonfinite": "ignore"}, "ignore"),
     ],
 )
-def test_the_module_refuses_bad_arguments_naming_them_by_the_schemas_rule(make_system, option, name):
-    (value,) = option.values()
-    with pytest.raises(ConfigError, match=rf"^{name}: must be .*, got {re.escape(repr(value))}$") as error:
-        make_system(**option)
+def test_the_module_refuses_bad_arguments_naming_them_by_the_schemas_rule(make_system, part, value):
+    ((where, arguments),) = part.items()
+    name = where if isinstance(arguments, str) else f"{where}.{next(iter(arguments))}"  # nonfinite: the system's own
+    with pytest.raises(ConfigError, match=rf"^{re.escape(name)}: must be .*, got {re.escape(repr(value))}$") as error:
+        make_system(**part)
     assert error.value.key == name
     rule = next(r for r in SCHEMA if r.key == f"system.{name}")  # the schema checks the same rule under system.
     assert not rule.fits(value) and error.value.message == f"must be {rule.allowed()}, got {value!r}"

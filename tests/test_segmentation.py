@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from functools import partial
 from pathlib import Path
 
 import lightning as L
@@ -21,6 +22,7 @@ from dfad_lightning.errors import ConfigError
 from dfad_lightning.losses import focal_loss
 from dfad_lightning.metrics import MeanIoU
 from dfad_lightning.networks import GeneratorB
+from dfad_lightning.parts import StudentSteps
 from dfad_lightning.systems import DFAD, SegmentationDFAD
 from dfad_lightning.tasks import run
 
@@ -137,8 +139,9 @@ class FakeScenes(torch.utils.data.Dataset):
         return torch.rand(3, 16, 16, generator=g), torch.randint(0, 5, (16, 16), generator=g)  # 4 = void
 
 
-def tiny_system(**kwargs) -> SegmentationDFAD:
-    """A seeded SegmentationDFAD of tiny networks, 4 classes of 16x16 scenes, k = 2."""
+def tiny_system(learning: dict | None = None, **kwargs) -> SegmentationDFAD:
+    """A seeded SegmentationDFAD of tiny networks, 4 classes of 16x16 scenes, k = 2 (``learning``: more options)."""
+    learning = learning or {}
     L.seed_everything(0, verbose=False)
     return SegmentationDFAD(
         teacher=TinySegmenter(),
@@ -147,7 +150,7 @@ def tiny_system(**kwargs) -> SegmentationDFAD:
         metric=MeanIoU(4, ignore_index=4),
         metric_name="miou",
         class_names=["a", "b", "c", "d"],
-        student_steps=2,
+        learning=partial(StudentSteps, steps=2, **learning),
         **kwargs,
     )
 
@@ -181,9 +184,9 @@ def test_segmentation_is_the_base_loop_with_per_class_iou(tmp_path, fit_tiny):
 
 
 def test_the_replay_memory_keeps_the_teachers_per_pixel_outputs(fit_tiny):
-    system = tiny_system(student_reuse=2, replay_size=16)
+    system = tiny_system(learning={"reuse": 2, "replay_size": 16})
     fit_tiny(system, epochs=1)
-    memory = system.memory
+    memory = system.learning.memory
     assert memory is not None and memory.seen == 2 * 2 * 4 and memory.outputs.shape[1:] == (4, 16, 16)
     with torch.no_grad():  # what is replayed is what the frozen teacher says about each stored sample
         assert torch.allclose(memory.outputs[:8], system.teacher(memory.samples[:8]), atol=1e-5)
@@ -197,7 +200,7 @@ SEG_TINY = [
     "data.batch_size=4",
     "data.iterations_per_epoch=2",
     "data.eval_batch_size=4",
-    "system.student_steps=2",
+    "system.learning.steps=2",
     "trainer.max_epochs=1",
     "teacher.training.epochs=1",
     "teacher.training.batch_size=4",

@@ -52,4 +52,4 @@ def test_the_optuna_search_maximises_the_final_student_metric(tmp_path, cache_di
     assert done.returncode == 0, done.stderr[-2000:]
     found = (tmp_path / "sweep" / "optimization_results.yaml").read_text()
     best = max(results(tmp_path, job)["student"]["final"] for job in range(trials))
-    assert "system.student_steps" in found and f"best_value: {best}" in found
+    assert "system.learning.steps" in found and f"best_value: {best}" in found

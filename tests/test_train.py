@@ -146,13 +146,13 @@ def test_missing_teacher_says_which_key_to_set_and_how_to_train_one(make_cfg):
     ("override", "key"),
     [
         ("data.batch_size=1", "data.batch_size"),
-        ("system.student_steps=0", "system.student_steps"),
+        ("system.learning.steps=0", "system.learning.steps"),
         ("system.student_optimizer.lr=-0.1", "system.student_optimizer.lr"),
         ("system.generator_optimizer.lr=-1", "system.generator_optimizer.lr"),
         ("task=nonsense", "task"),
-        ("system.replay_size=-5", "system.replay_size"),
-        ("system.balance=-1", "system.balance"),
-        ("system.bn_prior=-0.5", "system.bn_prior"),
+        ("system.learning.replay_size=-5", "system.learning.replay_size"),
+        ("system.objective.balance=-1", "system.objective.balance"),
+        ("system.objective.bn_prior=-0.5", "system.objective.bn_prior"),
     ],
 )
 def test_impossible_settings_fail_before_training_naming_the_key(make_cfg, override, key):

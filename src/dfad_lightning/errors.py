@@ -9,17 +9,19 @@ class ConfigError(ValueError):
     The message names the config key to change and what was found.
 
     Args:
-        key: The config key to change, for example ``"teacher.checkpoint"``.
+        key: The config key to change, for example ``"teacher.checkpoint"``, or, with
+            ``relative``, an argument's name that the caller places in the config (:meth:`under`).
         message: What is wrong and, where possible, what to do.
+        relative: Whether ``key`` names an argument rather than a whole config key.
     """
 
-    def __init__(self, key: str, message: str) -> None:
-        self.key, self.message = key, message
+    def __init__(self, key: str, message: str, relative: bool = False) -> None:
+        self.key, self.message, self.relative = key, message, relative
         super().__init__(f"{key}: {message}")
 
     def under(self, prefix: str) -> ConfigError:
-        """The same error for a config: an argument's name becomes ``prefix.name`` (dotted keys stay)."""
-        return self if "." in self.key else ConfigError(f"{prefix}.{self.key}", self.message)
+        """The same error one level up: an argument's name ``name`` becomes ``prefix.name`` (whole keys stay)."""
+        return ConfigError(f"{prefix}.{self.key}", self.message, relative=True) if self.relative else self
 
 
 class NonFiniteLossError(RuntimeError):

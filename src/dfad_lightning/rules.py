@@ -99,10 +99,11 @@ class Rule:
         """Refuse ``value`` if it is not allowed.
 
         Raises:
-            ConfigError: Naming :attr:`key`, the value and what is allowed.
+            ConfigError: Naming :attr:`key` (as relative to the caller's place, see
+                :meth:`ConfigError.under <dfad_lightning.errors.ConfigError.under>`), the value and what is allowed.
         """
         if not self.fits(value):
-            raise ConfigError(self.key, f"must be {self.allowed()}, got {show(value)}")
+            raise ConfigError(self.key, f"must be {self.allowed()}, got {show(value)}", relative=True)
 
 
 def check_arguments(rules: Sequence[Rule], values: Mapping[str, Any]) -> None:

@@ -113,12 +113,12 @@ class DataFreeProbe(Callback):
 
     @torch.no_grad()
     def snapshot(self, pl_module: LightningModule, epoch: int) -> Tensor:
-        """Samples of the current generator, in train mode, without changing its BatchNorm statistics."""
+        """Samples of the current inputs (the generator in train mode, its BatchNorm statistics unchanged)."""
         system = cast(DFAD, pl_module)
-        generator = system.generator
-        buffers = {name: b.clone() for name, b in generator.named_buffers()}
         seeded = torch.Generator().manual_seed(self.seed + epoch)
         noise = torch.randn(self.samples_per_snapshot, self.nz, generator=seeded).to(pl_module.device)
+        generator = system.generator if system.generator is not None else nn.Identity()  # noise images: none
+        buffers = {name: b.clone() for name, b in generator.named_buffers()}
         mode = generator.training
         generator.train()
         try:
@@ -317,7 +317,8 @@ class DataFreeProbe(Callback):
             found.append(
                 f"the generator's latest samples are unlike the teacher's data: their statistics at its BatchNorm "
                 f"layers are {last_gap:.2f} from those it learnt (0 would be its training data), so agreeing with it "
-                "on them says little; the BatchNorm prior (system.bn_prior, on in recipe=robust) pulls them closer, "
+                "on them says little; the BatchNorm prior (system.objective.bn_prior, on in recipe=robust) pulls them "
+                "closer, "
                 "and dataset.mean and dataset.std must be the normalisation the teacher was trained with"
             )
         return found

@@ -1,12 +1,12 @@
 """LightningModules ("systems"): the training logic that runs the networks.
 
 :class:`DFAD` distils any teacher whose outputs the student can match; with an accuracy metric it
-is the classification system. Task-specific systems subclass it.
+is the classification system, and its parts (:mod:`dfad_lightning.parts`) make the paper's
+baselines and the field's other methods. Task-specific systems subclass it.
 """
 
-from dfad_lightning.systems.baselines import DAFL, DirectKD
 from dfad_lightning.systems.dfad import DFAD
 from dfad_lightning.systems.segmentation import SegmentationDFAD
 from dfad_lightning.systems.supervised import Supervised
 
-__all__ = ["DAFL", "DFAD", "DirectKD", "SegmentationDFAD", "Supervised"]
+__all__ = ["DFAD", "SegmentationDFAD", "Supervised"]

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Sequence
+from functools import partial
 from typing import Any
 
 import torch
@@ -10,6 +11,7 @@ from torch import Tensor
 
 from dfad_lightning import losses
 from dfad_lightning.metrics import MeanIoU
+from dfad_lightning.parts import Objective
 from dfad_lightning.systems.dfad import DFAD
 
 
@@ -25,8 +27,8 @@ class SegmentationDFAD(DFAD):
     Args:
         *args: As :class:`DFAD`.
         class_names: Name of every class, in label order.
-        **kwargs: As :class:`DFAD`; ``metric`` must be a :class:`MeanIoU`, and ``adversarial``
-            defaults to ``-log(1 + D)``.
+        **kwargs: As :class:`DFAD`; ``metric`` must be a :class:`MeanIoU`, and the objective's
+            adversarial term defaults to ``-log(1 + D)``.
     """
 
     teacher_iou: Tensor
@@ -38,7 +40,7 @@ class SegmentationDFAD(DFAD):
         class_names: Sequence[str],
         **kwargs: Any,
     ) -> None:
-        kwargs.setdefault("adversarial", losses.negative_log1p)
+        kwargs.setdefault("objective", partial(Objective, adversarial=losses.negative_log1p))
         super().__init__(*args, **kwargs)
         if not isinstance(self.student_metric, MeanIoU):
             raise TypeError(f"SegmentationDFAD needs a MeanIoU metric, got {type(self.student_metric).__name__}")

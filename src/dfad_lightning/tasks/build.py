@@ -11,7 +11,7 @@ from typing import Any, cast
 
 import torch
 from hydra.errors import InstantiationException
-from hydra.utils import instantiate
+from hydra.utils import get_class, instantiate
 from lightning import Callback, Trainer
 from lightning.fabric.utilities.exceptions import MisconfigurationException
 from lightning.pytorch.strategies import DDPStrategy
@@ -61,6 +61,11 @@ def build_metric(cfg: DictConfig) -> Metric:
     return cast(Metric, instantiate(cfg.dataset.metric))
 
 
+def uses_generator(cfg: DictConfig) -> bool:
+    """Whether the system's inputs are made by a generator (noise or real images are not)."""
+    return bool(getattr(get_class(cfg.system.inputs._target_), "uses_generator", False))
+
+
 def build_datamodule(cfg: DictConfig) -> DFADDataModule:
     """The noise stream and the real evaluation split; the split is built now to fail early."""
     datamodule = cast(DFADDataModule, instantiate(cfg.data))
@@ -68,7 +73,9 @@ def build_datamodule(cfg: DictConfig) -> DFADDataModule:
     return datamodule
 
 
-def build_system(cfg: DictConfig, teacher: nn.Module, student: nn.Module, generator: nn.Module, **kwargs: Any) -> DFAD:
+def build_system(
+    cfg: DictConfig, teacher: nn.Module, student: nn.Module, generator: nn.Module | None, **kwargs: Any
+) -> DFAD:
     """The DFAD LightningModule (or the subclass named by ``system._target_``).
 
     Raises:
@@ -218,8 +225,8 @@ def eval_mode(*modules: nn.Module) -> Iterator[None]:
             m.train(mode)
 
 
-def check_networks(cfg: DictConfig, teacher: nn.Module, student: nn.Module, generator: nn.Module) -> None:
-    """Run two samples through generator, teacher and student to check that their shapes agree.
+def check_networks(cfg: DictConfig, teacher: nn.Module, student: nn.Module, generator: nn.Module | None) -> None:
+    """Run two samples through generator (if any), teacher and student to check that their shapes agree.
 
     Runs in eval mode and without gradients, so nothing about training changes.
 
@@ -227,8 +234,10 @@ def check_networks(cfg: DictConfig, teacher: nn.Module, student: nn.Module, gene
         ConfigError: Naming the key whose setting does not fit.
     """
     expected = (int(cfg.dataset.channels), *as_size(OmegaConf.to_object(cfg.dataset.image_size)))  # type: ignore[arg-type]
-    with torch.no_grad(), eval_mode(teacher, student, generator):
-        x = generator(torch.randn(2, cfg.generator.nz))
+    networks = [net for net in (teacher, student, generator) if net is not None]
+    with torch.no_grad(), eval_mode(*networks):
+        # Without a generator the inputs are noise or real images of the dataset's shape.
+        x = torch.zeros(2, *expected) if generator is None else generator(torch.randn(2, cfg.generator.nz))
         if tuple(x.shape[1:]) != expected:
             raise ConfigError("generator", f"makes inputs of shape {tuple(x.shape[1:])}, the dataset's are {expected}")
         outputs = {}

@@ -22,6 +22,7 @@ from dfad_lightning.tasks.build import (
     build_system,
     build_trainer,
     check_networks,
+    uses_generator,
 )
 from dfad_lightning.tasks.outputs import RESULTS, fit_resumable, prepare_output_dir, resolve_ckpt_path
 from dfad_lightning.tasks.teacher import load_teacher
@@ -37,13 +38,14 @@ def distill(cfg: DictConfig) -> dict[str, Any]:
         The results (also in ``results.json``), with ``objective`` set to the final student metric.
     """
     start = time.perf_counter()
-    ckpt_path = resolve_ckpt_path(cfg, Path(cfg.paths.output_dir).resolve(), ("student", "generator"))  # reads only
+    trained = ("student", "generator") if uses_generator(cfg) else ("student",)
+    ckpt_path = resolve_ckpt_path(cfg, Path(cfg.paths.output_dir).resolve(), trained)  # reads only
     out = prepare_output_dir(cfg)
     teacher, teacher_file = load_teacher(cfg)
     # Seed after the teacher is ready, so a run is the same whether its teacher was cached or trained.
     L.seed_everything(cfg.seed, workers=True)
     student = build_network(cfg.model, "model")
-    generator = build_network(cfg.generator, "generator")
+    generator = build_network(cfg.generator, "generator") if uses_generator(cfg) else None
     check_networks(cfg, teacher, student, generator)
     datamodule = build_datamodule(cfg)
     fingerprint = {"path": str(teacher_file.resolve()), "sha256": sha256(teacher_file)}

@@ -3,7 +3,7 @@
 Hydra composes whatever it is given: ``data.batch_size=abc`` composes fine and fails much later
 inside PyTorch with a traceback. :func:`check_types` walks the composed config against
 :data:`SCHEMA`, one :class:`~dfad_lightning.rules.Rule` per user-facing key of every config group
-(the system's are the module's own :attr:`DFAD.RULES <dfad_lightning.systems.DFAD.RULES>`), and
+(the system's are the module's and its parts' own ``RULES``, :data:`SYSTEM_RULES`), and
 raises a :class:`~dfad_lightning.errors.ConfigError` naming the key, the value and what is
 allowed. A key absent from a config (an option that has no such value) is skipped; ``???`` is
 left to the check of unset values. The configuration reference of the documentation is
@@ -25,8 +25,9 @@ from omegaconf import DictConfig, ListConfig, OmegaConf
 from omegaconf.errors import InterpolationResolutionError, MissingMandatoryValue
 
 from dfad_lightning.errors import ConfigError
+from dfad_lightning.parts import DAFLObjective, Inputs, MovingAverage, StudentSteps
 from dfad_lightning.rules import POSITIVE, Rule, is_int, show
-from dfad_lightning.systems import DAFL, DFAD, DirectKD
+from dfad_lightning.systems import DFAD
 
 _ABSENT = object()
 # What Lightning's Trainer accepts as `precision`.
@@ -35,8 +36,15 @@ PRECISIONS = tuple(
     for kind in (_PRECISION_INPUT_STR, _PRECISION_INPUT_STR_ALIAS, _PRECISION_INPUT_INT)
     for value in get_args(kind)
 )
-# The rules of every system's arguments, each once (subclasses repeat their base's).
-SYSTEM_RULES = tuple({rule.key: rule for cls in (DFAD, DAFL, DirectKD) for rule in cls.RULES}.values())
+# The rules of the system's own arguments and of each of its parts, under their config nodes
+# (DAFL's objective repeats the base objective's rules and adds its own).
+SYSTEM_RULES = (
+    *(rule.under("system") for rule in DFAD.RULES),
+    *(rule.under("system.inputs") for rule in Inputs.RULES),
+    *(rule.under("system.objective") for rule in DAFLObjective.RULES),
+    *(rule.under("system.learning") for rule in StudentSteps.RULES),
+    *(rule.under("system.average") for rule in MovingAverage.RULES),
+)
 
 SCHEMA: list[Rule] = [
     # conf/train.yaml
@@ -54,8 +62,8 @@ SCHEMA: list[Rule] = [
          doc="iterations per epoch (the paper's 50); evaluation, checkpoints and schedules are per epoch"),
     Rule("data.eval_batch_size", int, low=1, doc="batch size of the evaluation on real data"),
     Rule("data.num_workers", int, low=0, doc="data-loader workers of the evaluation split"),
-    # system: the module's own rules
-    *(rule.under("system") for rule in SYSTEM_RULES),
+    # system: the module's and its parts' own rules
+    *SYSTEM_RULES,
     Rule("system.student_optimizer.lr", float, low=0, doc="the student's learning rate"),
     Rule("system.generator_optimizer.lr", float, low=0, doc="the generator's learning rate"),
     Rule("system.student_optimizer.momentum", float, low=0, high=1, doc="the student's SGD momentum"),

@@ -49,14 +49,16 @@ TINY = [
 K = 3  # student steps per iteration of the small systems (make_system, make_datamodule)
 
 
-def snapshot(module: torch.nn.Module) -> dict[str, Tensor]:
-    """A copy of a module's state, to compare with later."""
-    return {k: v.detach().clone() for k, v in module.state_dict().items()}
+def snapshot(module: torch.nn.Module) -> dict[str, Any]:
+    """A copy of a module's state (tensors, and extra state such as the memory's counters), to compare later."""
+    return {k: v.detach().clone() if isinstance(v, Tensor) else v for k, v in module.state_dict().items()}
 
 
-def same(a: dict[str, Tensor], b: dict[str, Tensor]) -> bool:
+def same(a: dict[str, Any], b: dict[str, Any]) -> bool:
     """Whether two snapshots are bitwise equal."""
-    return a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+    return a.keys() == b.keys() and all(
+        torch.equal(a[k], b[k]) if isinstance(a[k], Tensor) else a[k] == b[k] for k in a
+    )
 
 
 def compose_config(overrides: list[str], output_dir: Path, cache_dir: Path) -> DictConfig:

@@ -70,6 +70,44 @@ def kl(student: Tensor, teacher: Tensor, temperature: float = 1.0) -> Tensor:
     return divergence.mean() * temperature**2
 
 
+def js_divergence(student: Tensor, teacher: Tensor, temperature: float = 3.0) -> Tensor:
+    """Jensen-Shannon divergence of the softened outputs: DeepInversion's competition term (its temperature 3).
+
+    Symmetric and bounded, so the input-maker can raise it without the unbounded gradients of a
+    KL divergence. Summed over dimension 1 and averaged over the other positions.
+
+    >>> logits = torch.tensor([[2.0, 0.0, -1.0]])
+    >>> float(js_divergence(logits, logits))
+    0.0
+    >>> 0 < float(js_divergence(torch.tensor([[9.0, 0.0]]), torch.tensor([[0.0, 9.0]]))) <= math.log(2)
+    True
+    """
+    p = F.softmax(student / temperature, dim=1)
+    q = F.softmax(teacher / temperature, dim=1)
+    m = 0.5 * (p + q)
+    log_m = m.clamp_min(1e-12).log()
+    kl_pm = (p * (p.clamp_min(1e-12).log() - log_m)).sum(1)
+    kl_qm = (q * (q.clamp_min(1e-12).log() - log_m)).sum(1)
+    return (0.5 * (kl_pm + kl_qm)).mean()
+
+
+def agreeing_kl(student: Tensor, teacher: Tensor, temperature: float = 1.0) -> Tensor:
+    """:func:`kl` counted only on the positions where student and teacher pick the same class (CMI, Fast).
+
+    The input-maker then pushes the student away on samples it still gets right, not on those it
+    already gets wrong. Averaged over every position (the others count as 0).
+
+    >>> s, t = torch.tensor([[2.0, 0.0], [0.0, 2.0]]), torch.tensor([[3.0, 0.0], [3.0, 0.0]])
+    >>> bool(agreeing_kl(s, t) > 0), bool(agreeing_kl(s[1:], t[1:]) == 0)
+    (True, True)
+    """
+    log_p_teacher = F.log_softmax(teacher / temperature, dim=1)
+    log_p_student = F.log_softmax(student / temperature, dim=1)
+    divergence = (log_p_teacher.exp() * (log_p_teacher - log_p_student)).sum(dim=1)
+    agree = (student.argmax(1) == teacher.argmax(1)).to(divergence.dtype)
+    return (divergence * agree).mean() * temperature**2
+
+
 def negative(discrepancy: Tensor) -> Tensor:
     """Generator objective ``-D``: the authors' classification scripts.
 
@@ -129,13 +167,80 @@ def class_balance(logits: Tensor) -> Tensor:
     return math.log(classes) + (mean_p * mean_p.clamp_min(1e-12).log()).sum()
 
 
-def one_hot(logits: Tensor) -> Tensor:
-    """Cross-entropy of the outputs against their own argmax: low when each prediction is confident (DAFL).
+def one_hot(logits: Tensor, targets: Tensor | None = None) -> Tensor:
+    """Cross-entropy of the outputs against their own argmax (DAFL), or against ``targets`` (DeepInversion).
+
+    Low when each prediction is confident, or is the class asked of it.
 
     >>> bool(one_hot(torch.tensor([[9.0, 0.0]])) < one_hot(torch.tensor([[0.1, 0.0]])))
     True
+    >>> bool(one_hot(torch.tensor([[9.0, 0.0]]), torch.tensor([1])) > 5)
+    True
     """
-    return F.cross_entropy(logits, logits.argmax(1))
+    return F.cross_entropy(logits, logits.argmax(1) if targets is None else targets)
+
+
+def balanced_targets(batch_size: int, classes: int) -> Tensor:
+    """One class per sample, every class as often as the batch allows: ``0, 1, ..., C - 1, 0, 1, ...``.
+
+    The classes a batch of optimised inputs is asked to become (DeepInversion draws them at
+    random; these are balanced and need no random stream).
+
+    >>> balanced_targets(5, 3).tolist()
+    [0, 1, 2, 0, 1]
+    """
+    return torch.arange(batch_size) % classes
+
+
+def total_variation(x: Tensor) -> Tensor:
+    """The mean absolute difference of neighbouring pixels, along rows, columns and diagonals (DeepInversion's).
+
+    Low for smooth images, high for pixel noise.
+
+    >>> float(total_variation(torch.ones(1, 1, 4, 4)))
+    0.0
+    >>> float(total_variation(torch.tensor([[[[0.0, 1.0], [1.0, 0.0]]]])))  # across and along: 1 each
+    2.0
+    """
+    return (
+        (x[..., :, :-1] - x[..., :, 1:]).abs().mean()
+        + (x[..., :-1, :] - x[..., 1:, :]).abs().mean()
+        + (x[..., 1:, :-1] - x[..., :-1, 1:]).abs().mean()
+        + (x[..., :-1, :-1] - x[..., 1:, 1:]).abs().mean()
+    )
+
+
+def attention_maps(features: list[Tensor]) -> list[Tensor]:
+    """Each feature map's ``(B, C, H, W)`` spatial attention: its channels' mean square, flattened and normalised.
+
+    Zagoruyko and Komodakis's attention (2017), which ZSKT transfers from teacher to student.
+
+    >>> [m.shape for m in attention_maps([torch.ones(2, 3, 4, 4)])]
+    [torch.Size([2, 16])]
+    """
+    return [F.normalize(f.float().pow(2).mean(1).flatten(1), dim=1) for f in features]
+
+
+def attention_transfer(student: list[Tensor], teacher: list[Tensor]) -> Tensor:
+    """The mean squared difference of student and teacher attention maps, summed over pairs of stages (ZSKT).
+
+    Stages are paired from the deepest up, as many as the shallower network has; where a pair's
+    sizes differ, the finer map is average-pooled to the coarser one.
+
+    >>> maps = [torch.rand(2, 3, 8, 8), torch.rand(2, 3, 4, 4)]
+    >>> float(attention_transfer(maps, maps))
+    0.0
+    >>> bool(attention_transfer([torch.rand(2, 3, 8, 8)], [torch.rand(2, 5, 16, 16)]) > 0)
+    True
+    """
+    pairs = list(zip(reversed(student), reversed(teacher), strict=False))
+    total = torch.zeros((), device=student[0].device if student else None)
+    for s, t in pairs:
+        size = min(s.shape[-2], t.shape[-2]), min(s.shape[-1], t.shape[-1])
+        s, t = (F.adaptive_avg_pool2d(f, size) if f.shape[-2:] != size else f for f in (s, t))
+        a_s, a_t = attention_maps([s, t])
+        total = total + (a_s - a_t).pow(2).mean()
+    return total
 
 
 def per_channel(x: Tensor) -> Tensor:

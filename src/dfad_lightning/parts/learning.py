@@ -3,11 +3,14 @@
 from __future__ import annotations
 
 import warnings
+from collections.abc import Iterator
+from contextlib import contextmanager
 from typing import TYPE_CHECKING, Any, Literal
 
 import torch
 from torch import Tensor, nn
 
+from dfad_lightning import losses
 from dfad_lightning.errors import ConfigError
 from dfad_lightning.parts.memory import ReplayMemory
 from dfad_lightning.rules import POSITIVE, Rule, check_arguments
@@ -35,6 +38,32 @@ def auto_minibatches(batch_size: int) -> int:
     return min(AUTO_MINIBATCHES, max(1, batch_size // AUTO_MIN_PART))
 
 
+@contextmanager
+def stage_outputs(net: nn.Module) -> Iterator[list[Tensor]]:
+    """Record the output of each stage of ``net`` in the block: per spatial size, the last 4-D output of a module.
+
+    A container's output comes after its children's, so each size's last output is the stage's
+    own (a ResNet's ``layer2``, a LeNet's pooling); 1x1 maps are left out. The list is filled,
+    finest stage first, when the block ends.
+    """
+    found: dict[tuple[int, int], Tensor] = {}
+
+    def record(module: nn.Module, inputs: tuple[Tensor, ...], output: Any) -> None:
+        if isinstance(output, Tensor) and output.dim() == 4 and output.shape[-2:] != (1, 1):
+            size = (int(output.shape[-2]), int(output.shape[-1]))
+            found.pop(size, None)  # re-inserted: the order is that of the last output
+            found[size] = output
+
+    handles = [m.register_forward_hook(record) for m in net.modules()]
+    stages: list[Tensor] = []
+    try:
+        yield stages
+    finally:
+        for handle in handles:
+            handle.remove()
+        stages.extend(found.values())
+
+
 class StudentSteps(nn.Module):
     """The imitation stage's student updates: ``steps`` steps per iteration, each on a fresh sample.
 
@@ -53,6 +82,9 @@ class StudentSteps(nn.Module):
             sample, with the teacher's outputs; ``0``: no replay.
         replay_fraction: Each update adds this fraction of its size from the memory, drawn anew.
         replay_dtype: How the memory stores samples and outputs (``"bfloat16"`` halves it).
+        attention: Weight of :func:`~dfad_lightning.losses.attention_transfer` in the student's
+            loss: the student also matches the teacher's spatial attention at each stage (ZSKT;
+            a teacher pass more per update). ``0``: the discrepancy alone.
         anchored: Whether a prior anchors the samples to the teacher's data (set by the system).
     """
 
@@ -66,6 +98,7 @@ class StudentSteps(nn.Module):
              doc="samples in a replay memory of every sample, with the teacher's outputs"),
         Rule("replay_fraction", float, low=POSITIVE, doc="each update adds this fraction of its batch from the memory"),
         Rule("replay_dtype", str, choices=REPLAY_DTYPES, doc="how the memory stores samples; bfloat16 halves it"),
+        Rule("attention", float, low=0, doc="weight of the attention-transfer term in the student's loss (ZSKT)"),
     )  # fmt: skip
 
     def __init__(
@@ -76,6 +109,7 @@ class StudentSteps(nn.Module):
         replay_size: int = 0,
         replay_fraction: float = 0.5,
         replay_dtype: Literal["float32", "bfloat16", "float16"] = "float32",
+        attention: float = 0.0,
         anchored: bool = False,
     ) -> None:
         super().__init__()
@@ -86,6 +120,7 @@ class StudentSteps(nn.Module):
         self.minibatches: int = (AUTO_MINIBATCHES if anchored else 1) if minibatches == "auto" else int(minibatches)
         self.replay_size, self.replay_fraction = replay_size, replay_fraction
         self.replay_dtype: torch.dtype = getattr(torch, replay_dtype)
+        self.attention = attention
         # Made at the first sample, when its shape is known (see remember).
         self.memory: ReplayMemory | None = None
 
@@ -111,14 +146,25 @@ class StudentSteps(nn.Module):
 
     def learn(self, system: DFAD, x: Tensor, teacher_out: Tensor, optimizer: LightningOptimizer) -> list[Tensor]:
         """The student's updates on one step's sample ``x`` and the teacher's outputs on it; their losses."""
-        losses = []
+        found = []
         for x_m, teacher_m in self._parts(x, teacher_out) * self.reuse:  # reuse passes over the parts
             x_s, teacher_s = self._replayed(x_m, teacher_m)
-            loss = system.discrepancy(system.student(x_s), teacher_s)
-            losses.append(loss.detach())
+            loss = self.loss(system, x_s, teacher_s)
+            found.append(loss.detach())
             system.update(loss, optimizer)
         self._remember(x, teacher_out)
-        return losses
+        return found
+
+    def loss(self, system: DFAD, x: Tensor, teacher_out: Tensor) -> Tensor:
+        """The student's loss on the inputs ``x``: the discrepancy, plus the attention term where it has a weight."""
+        if not self.attention:
+            return system.discrepancy(system.student(x), teacher_out)
+        with stage_outputs(system.student) as student_stages:
+            student_out = system.student(x)
+        with torch.no_grad(), stage_outputs(system.teacher) as teacher_stages:
+            system.teacher(x)
+        transfer = losses.attention_transfer(student_stages, teacher_stages)
+        return system.discrepancy(student_out, teacher_out) + self.attention * transfer
 
     def _parts(self, x: Tensor, teacher_out: Tensor) -> list[tuple[Tensor, Tensor]]:
         """``x`` and the teacher's outputs on it in ``minibatches`` parts of (nearly) equal size."""

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from functools import partial
-from typing import Any
+from typing import Any, Literal
 
 import torch
 from torch import Tensor, nn
@@ -42,35 +42,61 @@ class Objective(nn.Module):
     Args:
         teacher: The frozen teacher, whose BatchNorm layers the prior watches.
         adversarial: Turns the discrepancy D into the loss (``losses.negative`` is ``-D``).
+        adversarial_discrepancy: The D of the adversarial term: ``None``, the student's own
+            (the system's :meth:`~dfad_lightning.systems.DFAD.discrepancy`, as in DFAD), or
+            another (DeepInversion's :func:`~dfad_lightning.losses.js_divergence`, CMI's
+            :func:`~dfad_lightning.losses.agreeing_kl`).
+        adversarial_weight: Weight of the adversarial term; ``0``: none (the teacher alone
+            judges the inputs).
         one_hot: Weight of :func:`~dfad_lightning.losses.one_hot` of the teacher's outputs.
+        one_hot_targets: What the one-hot prior asks of each sample: ``"argmax"``, the class the
+            teacher already gives it (DAFL), or ``"balanced"``, a class of
+            :func:`~dfad_lightning.losses.balanced_targets` (the inputs are made to be every class,
+            as DeepInversion's).
         balance: Weight of :func:`~dfad_lightning.losses.class_balance` of the teacher's outputs.
         bn_prior: Weight of :class:`~dfad_lightning.losses.BatchNormPrior` of the teacher
             (nothing on a teacher without BatchNorm layers).
-        warmup: The first iterations train the input-maker alone, one step each on the priors
-            (no adversarial term, no student step): an integer is a number of iterations, a
-            float below 1 a fraction of the run's. Needs a prior that acts; ``0``: none.
+        tv: Weight of :func:`~dfad_lightning.losses.total_variation` of the inputs (smooth images).
+        l2: Weight of the inputs' l2 norm (images of moderate intensity).
+        warmup: The first iterations train the input-maker alone, on the priors (no adversarial
+            term, no student step): an integer is a number of iterations, a float below 1 a
+            fraction of the run's. Needs a prior that acts; ``0``: none.
     """
 
     RULES: tuple[Rule, ...] = (
+        Rule("adversarial_weight", float, low=0, doc="weight of the adversarial term (0: the teacher alone judges)"),
         Rule("one_hot", float, low=0, doc="weight of the one-hot (confidence) prior on the teacher's outputs"),
+        Rule("one_hot_targets", str, choices=("argmax", "balanced"),
+             doc="the class the one-hot prior asks of each sample: the teacher's own, or balanced classes"),
+        Rule("tv", float, low=0, doc="weight of the total-variation prior of the inputs"),
+        Rule("l2", float, low=0, doc="weight of the l2-norm prior of the inputs"),
         Rule("balance", float, low=0, doc="weight of the class-balance prior on the teacher's outputs"),
         Rule("bn_prior", float, low=0, doc="weight of the BatchNorm-statistics prior of the teacher"),
         Rule("warmup", "count_or_fraction", doc="the first iterations train the input-maker alone on its priors"),
-    )
+    )  # fmt: skip
 
     def __init__(
         self,
         teacher: nn.Module,
         adversarial: Adversarial = losses.negative,
+        adversarial_discrepancy: Discrepancy | None = None,
+        adversarial_weight: float = 1.0,
         one_hot: float = 0.0,
+        one_hot_targets: Literal["argmax", "balanced"] = "argmax",
         balance: float = 0.0,
         bn_prior: float = 0.0,
+        tv: float = 0.0,
+        l2: float = 0.0,
         warmup: float = 0,
     ) -> None:
         super().__init__()
         check_arguments(self.RULES, locals())
         self.adversarial = plain(adversarial)
+        self.adversarial_discrepancy = plain(adversarial_discrepancy) if adversarial_discrepancy else None
+        self.adversarial_weight = adversarial_weight
         self.weights = {"balance": balance, "one_hot": one_hot, "bn_prior": bn_prior}
+        self.one_hot_targets = one_hot_targets
+        self.image_weights = {"tv": tv, "l2": l2}
         self.bn_prior = losses.BatchNormPrior(teacher) if bn_prior else None
         self.warmup = warmup
         if warmup and not self.has_priors:
@@ -89,15 +115,37 @@ class Objective(nn.Module):
     @property
     def has_priors(self) -> bool:
         """Whether any prior acts (the warm-up trains on them alone)."""
-        return bool(self.weights["balance"] or self.weights["one_hot"] or self.anchored)
+        return bool(self.weights["balance"] or self.weights["one_hot"] or self.anchored or self.has_image_priors)
+
+    @property
+    def has_image_priors(self) -> bool:
+        """Whether a prior on the inputs themselves acts (total variation, l2)."""
+        return bool(self.image_weights["tv"] or self.image_weights["l2"])
 
     def loss(self, student_out: Tensor, teacher_out: Tensor, discrepancy: Discrepancy, priors: Priors) -> Tensor:
-        """The loss to minimise on one batch: the adversarial term of ``discrepancy`` plus ``priors``.
+        """The loss to minimise on one batch: the adversarial term plus ``priors`` of the teacher's outputs.
 
         The system passes its hooks (:meth:`~dfad_lightning.systems.DFAD.discrepancy`,
-        :meth:`~dfad_lightning.systems.DFAD.priors`), so that a subclass's override of either counts here.
+        :meth:`~dfad_lightning.systems.DFAD.priors`), so that a subclass's override of either
+        counts here; the adversarial term uses the student's discrepancy unless the objective
+        has its own.
         """
-        return self.adversarial(discrepancy(student_out, teacher_out)) + priors(teacher_out)
+        if not self.adversarial_weight:
+            return priors(teacher_out)
+        adversarial = self.adversarial((self.adversarial_discrepancy or discrepancy)(student_out, teacher_out))
+        if self.adversarial_weight != 1.0:
+            adversarial = self.adversarial_weight * adversarial
+        return adversarial + priors(teacher_out)
+
+    def image_priors(self, x: Tensor) -> Tensor:
+        """The weighted priors on the inputs themselves (0 when none is set)."""
+        w = self.image_weights
+        total = torch.zeros((), device=x.device)
+        if w["tv"]:
+            total = total + w["tv"] * losses.total_variation(x)
+        if w["l2"]:
+            total = total + w["l2"] * torch.linalg.vector_norm(x)
+        return total
 
     def priors(self, teacher_out: Tensor) -> Tensor:
         """The weighted priors on the teacher's outputs (0 when none is set).
@@ -110,7 +158,10 @@ class Objective(nn.Module):
         if w["balance"]:
             total = total + w["balance"] * losses.class_balance(teacher_out)
         if w["one_hot"]:
-            total = total + w["one_hot"] * losses.one_hot(teacher_out)
+            targets = None
+            if self.one_hot_targets == "balanced":
+                targets = losses.balanced_targets(len(teacher_out), teacher_out.shape[1]).to(teacher_out.device)
+            total = total + w["one_hot"] * losses.one_hot(teacher_out, targets)
         if self.bn_prior is not None:
             total = total + w["bn_prior"] * self.bn_prior.loss().to(teacher_out.device)
         return total

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+import time
 import warnings
 from collections.abc import Callable
 from functools import partial
@@ -180,6 +181,12 @@ class DFAD(LightningModule):
             raise ValueError(f"{type(self.inputs).__name__} inputs need a generator")
         # Inputs that nothing trains (the baselines on noise or data) have no warm-up either.
         self.warmup = self.objective.warmup if self.inputs.trains else 0
+        if self.inputs.needs_warmup and not self.warmup:
+            raise ConfigError(
+                "system.objective.warmup",
+                f"must be at least 1 with {type(self.inputs).__name__} inputs: the warm-up makes the first inputs "
+                "the student learns from",
+            )
         self.student_optimizer = student_optimizer
         self.generator_optimizer = generator_optimizer
         self.student_scheduler = student_scheduler
@@ -189,6 +196,10 @@ class DFAD(LightningModule):
         self.nonfinite = nonfinite
         # A plain dict (Hydra hands DictConfigs), so checkpoints load with weights_only=True.
         self.teacher_fingerprint = dict(teacher_fingerprint) if teacher_fingerprint else None
+        # The student's score after every evaluation, with the iterations and training time to it.
+        self.curve: list[dict[str, float]] = []
+        self._elapsed_before = 0.0  # training time of earlier starts of a resumed run
+        self._started = time.perf_counter()
         # Scores live in buffers so that they travel with checkpoints and across devices.
         self.register_buffer("teacher_score", torch.tensor(float("nan")))
         self.register_buffer("last_score", torch.tensor(float("nan")))
@@ -246,6 +257,17 @@ class DFAD(LightningModule):
         """
         return self.objective.priors(teacher_out)
 
+    def synthesis_loss(self, x: Tensor, warmup: bool = False, inputs: Tensor | None = None) -> Tensor:
+        """The input-maker's loss on a training batch ``x``: its priors alone in the warm-up, else its whole loss.
+
+        The student and teacher see ``x`` with gradients; the priors of the inputs themselves
+        (total variation, l2) are taken on ``inputs``, the batch before any variation (``x`` if ``None``).
+        """
+        loss = self.priors(self.teacher(x)) if warmup else self.generator_loss(self.student(x), self.teacher(x))
+        if self.objective.has_image_priors:
+            loss = loss + self.objective.image_priors(x if inputs is None else inputs)
+        return loss
+
     def fidelity(self, student_out: Tensor, teacher_out: Tensor) -> dict[str, Tensor]:
         """How closely the student follows the teacher on one batch of data-free probes.
 
@@ -287,10 +309,10 @@ class DFAD(LightningModule):
         """One DFAD iteration on the noise ``z`` of shape ``(k + 1, B, nz)``."""
         if z.shape[0] != self.student_steps + 1:
             raise ValueError(f"expected {self.student_steps + 1} noise batches per iteration, got {z.shape[0]}")
-        opt_s, opt_g = self._optimizers()
+        opt_s, opts_in = self._optimizers()
         self.learning.resolve(z.shape[1])  # at the first iteration, not after a warm-up
         if self._warming_up(batch_idx):  # the input-maker alone, on its priors
-            loss_w = cast(Tensor, self.inputs.step(self, z[-1], opt_g, warmup=True))
+            loss_w = cast(Tensor, self.inputs.step(self, z[-1], opts_in, warmup=True))
             self._guard(loss_w.new_empty(0), loss_w.detach())
             self.log("train/loss_warmup", loss_w.detach(), prog_bar=True)
             return
@@ -305,7 +327,7 @@ class DFAD(LightningModule):
             student_losses += self.learning.learn(self, x, teacher_out, opt_s)
 
         # Generation stage: the input-maker's step against the current student (none for fixed inputs).
-        loss_g = self.inputs.step(self, z[-1], opt_g)
+        loss_g = self.inputs.step(self, z[-1], opts_in)
         loss_g = torch.zeros((), device=z.device) if loss_g is None else loss_g.detach()
         self.average.update(self.student)  # after both stages: the student's BatchNorm statistics moved in both
 
@@ -320,12 +342,12 @@ class DFAD(LightningModule):
         self.manual_backward(loss)
         optimizer.step()
 
-    def _optimizers(self) -> tuple[LightningOptimizer, LightningOptimizer | None]:
-        """The student's optimizer, and the input-maker's where the inputs are trained."""
+    def _optimizers(self) -> tuple[LightningOptimizer, list[LightningOptimizer]]:
+        """The student's optimizer, and the input-maker's (none where the inputs are not trained)."""
         optimizers = self.optimizers()
         if isinstance(optimizers, list):
-            return optimizers[0], optimizers[1]
-        return optimizers, None
+            return optimizers[0], optimizers[1:]
+        return optimizers, []
 
     @property
     def student_steps(self) -> int:
@@ -340,13 +362,17 @@ class DFAD(LightningModule):
     @property
     def steps_per_iteration(self) -> int:
         """Optimizer steps per iteration (what Lightning's ``global_step`` counts): student's and input-maker's."""
-        return self.student_steps * self.updates_per_student_step + int(self.inputs.trains)
+        return self.student_steps * self.updates_per_student_step + self.inputs.optimizer_steps
 
     @property
     def warmup_iterations(self) -> int:
-        """The iterations of the warm-up; a fraction of the run is resolved against the trainer's run."""
+        """The iterations of the warm-up; a fraction of the run is resolved against the trainer's run.
+
+        Inputs that must be made before the student learns (a pool) get at least one.
+        """
+        least = int(self.inputs.needs_warmup)
         if not self.warmup or not isinstance(self.warmup, float):
-            return int(self.warmup)
+            return max(least, int(self.warmup))
         run = self._run_iterations()
         if run is None:
             raise ConfigError(
@@ -354,7 +380,7 @@ class DFAD(LightningModule):
                 f"a fraction of the run ({self.warmup}) needs a run of known length: set "
                 "trainer.max_epochs, or give the warm-up as an integer number of iterations",
             )
-        return round(self.warmup * run)
+        return max(least, round(self.warmup * run))
 
     def _run_iterations(self) -> int | None:
         """The iterations of the whole run (``max_epochs`` x batches per epoch), or ``None`` if unknown."""
@@ -364,9 +390,10 @@ class DFAD(LightningModule):
         return epochs * int(per_epoch)
 
     def iterations(self, global_step: int) -> int:
-        """The iterations done after ``global_step`` optimizer steps (a warm-up iteration is one step)."""
-        warmup = min(global_step, self.warmup_iterations)
-        return warmup + (global_step - warmup) // self.steps_per_iteration
+        """The iterations done after ``global_step`` optimizer steps (a warm-up iteration: the input-maker's steps)."""
+        per_warmup = max(1, self.inputs.optimizer_steps)
+        warmup = min(global_step, self.warmup_iterations * per_warmup)
+        return warmup // per_warmup + (global_step - warmup) // self.steps_per_iteration
 
     def _warming_up(self, batch_idx: int) -> bool:
         """Whether this iteration is one of the warm-up's, the first of the run."""
@@ -425,23 +452,19 @@ class DFAD(LightningModule):
         """
         for scheduler in self._schedulers():
             scheduler.step()
-        opt_s, opt_g = self._optimizers()
+        opt_s, opts_in = self._optimizers()
         rates = {"train/lr_student": opt_s.param_groups[0]["lr"]}
-        if opt_g is not None:
-            rates["train/lr_generator"] = opt_g.param_groups[0]["lr"]
+        if opts_in:
+            rates["train/lr_generator"] = opts_in[0].param_groups[0]["lr"]
         self.log_dict(rates)
 
     def configure_optimizers(self) -> Any:
-        """The student's optimizer first, the input-maker's second (where it is trained), and their schedules."""
-        opt_s = self.student_optimizer(self.student.parameters())
-        groups = self.inputs.parameter_groups(self)
-        optimizers = [opt_s]
-        if groups:
-            opt_g = self.generator_optimizer([{"params": group["params"]} for group in groups])
-            for group, spec in zip(opt_g.param_groups, groups, strict=True):  # a group's own LR, as a multiple
-                if "lr_factor" in spec:
-                    group["lr"] = spec["lr_factor"] * opt_g.param_groups[0]["lr"]
-            optimizers.append(opt_g)
+        """The student's optimizer first, then the input-maker's (where it is trained), and their schedules.
+
+        The generator's schedule follows the input-maker's first optimizer.
+        """
+        optimizers = [self.student_optimizer(self.student.parameters())]
+        optimizers += self.inputs.optimizers(self, self.generator_optimizer)
         factories = (self.student_scheduler, self.generator_scheduler)
         schedulers = [factory(opt) for factory, opt in zip(factories, optimizers, strict=False) if factory is not None]
         return optimizers, schedulers
@@ -488,6 +511,9 @@ class DFAD(LightningModule):
             self.teacher_score.fill_(self.teacher_metric.compute())
             self.teacher_metric.reset()
         self.last_score.fill_(score)
+        elapsed = self._elapsed_before + time.perf_counter() - self._started
+        point = {"epoch": self.current_epoch, "iterations": self.iterations(self.trainer.global_step)}
+        self.curve.append({**point, "elapsed_s": round(elapsed, 2), "score": float(score)})
         if self._improves(score):
             self.best_score.fill_(score)
             self.best_epoch.fill_(self.current_epoch)
@@ -522,12 +548,29 @@ class DFAD(LightningModule):
         # is one on purpose.
         warnings.filterwarnings("ignore", message=r"Found \d+ module\(s\) in eval mode", category=PossibleUserWarning)
 
+    def time_to(self, fraction: float) -> float | None:
+        """Training seconds until the student first scored ``fraction`` of the teacher (or ``None``: never, or unknown).
+
+        Read from the per-epoch evaluation (:attr:`curve`), so to an epoch's end. For a metric where
+        lower is better, "a fraction of the teacher" is the teacher's score divided by it.
+        """
+        if not self.teacher_measured:
+            return None
+        teacher = float(self.teacher_score)
+        lower_better = self.student_metric.higher_is_better is False
+        for point in self.curve:
+            reached = point["score"] * fraction <= teacher if lower_better else point["score"] >= fraction * teacher
+            if reached:
+                return point["elapsed_s"]
+        return None
+
     def on_train_start(self) -> None:
-        """Refuse a warm-up that would leave the student no iteration of the run.
+        """Start the training clock; refuse a warm-up that would leave the student no iteration of the run.
 
         Raises:
             ConfigError: The warm-up is at least the run's iterations.
         """
+        self._started = time.perf_counter()
         if not self.warmup:
             return
         warmup, run = self.warmup_iterations, self._run_iterations()  # a fraction of a run of unknown length fails here
@@ -548,6 +591,7 @@ class DFAD(LightningModule):
         """Record the format and which teacher was used; leave its weights out unless asked to keep them."""
         checkpoint["dfad_format"] = CHECKPOINT_FORMAT
         checkpoint["dfad_teacher"] = self.teacher_fingerprint
+        checkpoint["dfad_curve"] = self.curve
         if not self.checkpoint_teacher:
             state = checkpoint["state_dict"]
             checkpoint["state_dict"] = {k: v for k, v in state.items() if not k.startswith("teacher.")}
@@ -571,6 +615,8 @@ class DFAD(LightningModule):
             )
         if version == 1:
             checkpoint["state_dict"] = migrate_state(checkpoint["state_dict"])
+        self.curve = list(checkpoint.get("dfad_curve", []))
+        self._elapsed_before = self.curve[-1]["elapsed_s"] if self.curve else 0.0
         saved = checkpoint.get("dfad_teacher")
         current = self.teacher_fingerprint
         if saved and current and saved.get("sha256") != current.get("sha256"):
@@ -591,3 +637,4 @@ class DFAD(LightningModule):
         for key, value in self.teacher.state_dict(prefix="teacher.").items():
             state.setdefault(key, value)
         self.learning.prepare_to_load(state, "learning.", self.device)
+        self.inputs.prepare_to_load(state, "inputs.", self.device)

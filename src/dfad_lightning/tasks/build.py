@@ -2,10 +2,8 @@
 
 from __future__ import annotations
 
-import contextlib
 import logging
 import warnings
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any, cast
 
@@ -23,6 +21,7 @@ from dfad_lightning.callbacks.summary import NetworkSummary
 from dfad_lightning.data import DFADDataModule, SupervisedDataModule
 from dfad_lightning.errors import ConfigError
 from dfad_lightning.networks.generators import as_size
+from dfad_lightning.networks.modes import eval_mode
 from dfad_lightning.systems import DFAD, Supervised
 
 
@@ -210,19 +209,6 @@ def check_precision(cfg: DictConfig) -> None:
         raise ConfigError("trainer.precision", f"{precision} needs a CUDA GPU; on a CPU use bf16-mixed or 32-true")
     if precision.startswith("bf16") and on_gpu and torch.cuda.is_available() and not torch.cuda.is_bf16_supported():
         raise ConfigError("trainer.precision", f"this GPU cannot run {precision}; use 16-mixed or 32-true")
-
-
-@contextlib.contextmanager
-def eval_mode(*modules: nn.Module) -> Iterator[None]:
-    """Put modules in eval mode for a block, then restore each one's mode."""
-    modes = [m.training for m in modules]
-    try:
-        for m in modules:
-            m.eval()
-        yield
-    finally:
-        for m, mode in zip(modules, modes, strict=True):
-            m.train(mode)
 
 
 def check_networks(cfg: DictConfig, teacher: nn.Module, student: nn.Module, generator: nn.Module | None) -> None:

@@ -29,6 +29,7 @@ from dfad_lightning.tasks.teacher import load_teacher
 from dfad_lightning.weights import sha256
 
 STUDENT_FILE = "student.pt"
+TIME_TO_FRACTIONS = (0.9, 0.95)  # results.json says when the student first reached these fractions of the teacher
 
 
 def distill(cfg: DictConfig) -> dict[str, Any]:
@@ -83,6 +84,8 @@ def summarize(
         "real_data": cfg.dataset.get("test") is not None,  # whether the dataset has a split to evaluate on
         "datafree": datafree_summary(trainer),
         "iterations": system.iterations(trainer.global_step),
+        "curve": system.curve,
+        "time_to_teacher": {str(f): system.time_to(f) for f in TIME_TO_FRACTIONS},
         "epochs": trainer.current_epoch,
         "wall_time_s": round(wall_time, 2),
         "seed": cfg.seed,

@@ -25,7 +25,15 @@ from omegaconf import DictConfig, ListConfig, OmegaConf
 from omegaconf.errors import InterpolationResolutionError, MissingMandatoryValue
 
 from dfad_lightning.errors import ConfigError
-from dfad_lightning.parts import DAFLObjective, Inputs, MovingAverage, StudentSteps
+from dfad_lightning.parts import (
+    ContrastivePool,
+    DAFLObjective,
+    InputPool,
+    Inputs,
+    MetaGenerator,
+    MovingAverage,
+    StudentSteps,
+)
 from dfad_lightning.rules import POSITIVE, Rule, is_int, show
 from dfad_lightning.systems import DFAD
 
@@ -40,7 +48,10 @@ PRECISIONS = tuple(
 # (DAFL's objective repeats the base objective's rules and adds its own).
 SYSTEM_RULES = (
     *(rule.under("system") for rule in DFAD.RULES),
-    *(rule.under("system.inputs") for rule in Inputs.RULES),
+    *(
+        rule.under("system.inputs")
+        for rule in (*Inputs.RULES, *InputPool.RULES, *MetaGenerator.RULES, *ContrastivePool.RULES)
+    ),
     *(rule.under("system.objective") for rule in DAFLObjective.RULES),
     *(rule.under("system.learning") for rule in StudentSteps.RULES),
     *(rule.under("system.average") for rule in MovingAverage.RULES),

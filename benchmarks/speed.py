@@ -35,6 +35,7 @@ from omegaconf import DictConfig
 from torch import nn
 from torch.utils.flop_counter import FlopCounterMode
 
+from dfad_lightning.allocator import keep_freed_memory
 from dfad_lightning.data import DFADDataModule
 from dfad_lightning.tasks.build import quiet_lightning
 
@@ -225,6 +226,7 @@ def main() -> None:
     parser.add_argument("--iterations", type=int, default=20)
     parser.add_argument("--repeats", type=int, default=3)
     args = parser.parse_args()
+    keep_freed_memory()  # as train.py: both loops run with the same allocator settings
     quiet_lightning()
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
     card = torch.cuda.get_device_name() if device.type == "cuda" else f"CPU, {torch.get_num_threads()} threads"

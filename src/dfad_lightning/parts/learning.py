@@ -130,13 +130,13 @@ class StudentSteps(nn.Module):
         return self.reuse * self.minibatches
 
     def resolve(self, batch_size: int) -> None:
-        """Fit the parts to the batch size (``"auto"``), and refuse parts of fewer than 2 samples.
+        """Fit the parts to the batch size, once (``"auto"``), and refuse parts of fewer than 2 samples.
 
         Raises:
             ConfigError: A part would hold fewer than 2 samples (the student's BatchNorm needs 2).
         """
         if self._auto:
-            self.minibatches = auto_minibatches(batch_size)
+            self.minibatches, self._auto = auto_minibatches(batch_size), False
         if self.minibatches > 1 and batch_size < 2 * self.minibatches:
             raise ConfigError(
                 "system.learning.minibatches",

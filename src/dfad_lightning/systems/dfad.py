@@ -310,7 +310,7 @@ class DFAD(LightningModule):
         if z.shape[0] != self.student_steps + 1:
             raise ValueError(f"expected {self.student_steps + 1} noise batches per iteration, got {z.shape[0]}")
         opt_s, opts_in = self._optimizers()
-        self.learning.resolve(z.shape[1])  # at the first iteration, not after a warm-up
+        self.learning.resolve(z.shape[1])  # fits "auto" parts at the first iteration; then only checks
         if self._warming_up(batch_idx):  # the input-maker alone, on its priors
             loss_w = cast(Tensor, self.inputs.step(self, z[-1], opts_in, warmup=True))
             self._guard(loss_w.new_empty(0), loss_w.detach())

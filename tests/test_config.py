@@ -35,6 +35,7 @@ GROUPS = [
     "method",
     "schedule",
     "recipe",
+    "size",
 ]
 
 
@@ -185,6 +186,11 @@ def test_generic_datasets_train_with_the_robust_recipe(make_cfg, dataset):
     assert system.inputs.input_affine == "auto"  # and a learnable contrast of the generated inputs
     # Your own data through the CPU-sized MNIST experiment, as a new user runs it: the recipe too.
     assert make_cfg("experiment=cpu_mnist", f"dataset={dataset}", *GENERIC[dataset]).recipe.name == "robust"
+    # At the size the panel measures (size=cpu), unless the user asks for conf/train.yaml's (size=paper).
+    sized = (cfg.data.batch_size, cfg.generator.ngf, cfg.system.channels_last, cfg.trainer.max_epochs)
+    assert sized == (128, 16, True, 6)
+    paper = make_cfg(f"dataset={dataset}", *GENERIC[dataset], "size=paper", tiny=False)
+    assert (paper.data.batch_size, paper.generator.ngf, paper.system.channels_last) == (256, 64, False)
 
 
 @pytest.mark.parametrize("experiment", [p.stem for p in sorted((CONF / "experiment").glob("paper_*.yaml"))])

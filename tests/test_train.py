@@ -288,3 +288,17 @@ def test_a_run_directory_that_cannot_be_made_is_one_line_naming_the_key(tmp_path
         done.stderr.strip()
         == f"Error: {key}: cannot create {blocker / 'run'} (Not a directory); set it to a folder that can be written"
     )
+
+
+def test_the_run_says_early_how_long_each_phase_will_take(tmp_path, make_system, fit, caplog):
+    import logging
+
+    from dfad_lightning.callbacks import ExpectedTime
+
+    system = make_system(objective={"warmup": 5, "balance": 1.0})
+    with caplog.at_level(logging.INFO, logger="dfad_lightning.callbacks.eta"):
+        fit(system, tmp_path, epochs=2, callbacks=[ExpectedTime(timed=2)])  # 8 iterations, the first 5 the warm-up
+    lines = [r.getMessage() for r in caplog.records if r.name == "dfad_lightning.callbacks.eta"]
+    assert len(lines) == 2 and lines[0].startswith("Expected: the warm-up ends in about ")
+    assert "(2 more iterations of " in lines[0]  # said after 3 of the warm-up's 5
+    assert lines[1].startswith("Expected: the run ends in about ") and "(0 more iterations of " in lines[1]

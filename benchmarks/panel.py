@@ -20,6 +20,10 @@ Settings (CPU-sized: 300 iterations of batch 128, a narrow Generator-A, LeNet-5-
   new MNIST-format dataset takes, on images that are not digits;
 - ``cifar10_bn`` (run by name, the same kind of check): the CIFAR-10 split with a ResNet-8 colour
   teacher, BatchNorm throughout (15 epochs of ``task=teacher``);
+- ``grey3_idx`` (run by name): images harder than digits with a teacher without BatchNorm above
+  0.8: three well-separated CIFAR-10 classes (``GREY3_CLASSES``) of the same split, grey 28x28,
+  as IDX files, with a LeNet-5 teacher (the kind of setting on which the recipe was found to
+  forget what it learnt, with nothing to anchor its samples);
 - ``grey_idx_bn`` (run by name, a third BatchNorm teacher): ``grey_idx``'s files with a ResNet-8
   teacher (15 epochs), and ``dataset=idx``'s mean and std of 0.5, which do not standardise these
   images;
@@ -88,6 +92,13 @@ GREY_IDX = [
       for kind in ("images", "labels")),
 ]  # fmt: skip
 
+GREY3_IDX = [
+    "dataset=idx",
+    "dataset.num_classes=3",
+    *(f"dataset.files.{part}_{kind}={{out}}/grey3-idx/{part}-{kind}.gz" for part in ("train", "test")
+      for kind in ("images", "labels")),
+]  # fmt: skip
+
 # name -> the overrides of its dataset and teacher.
 SETTINGS: dict[str, list[str]] = {
     "digits": ["dataset=digits"],
@@ -97,6 +108,7 @@ SETTINGS: dict[str, list[str]] = {
     "grey_idx": GREY_IDX,
     "cifar10_bn": [*CIFAR, "teacher=cifar_resnet8", "teacher.training.epochs=15"],
     "grey_idx_bn": [*GREY_IDX, "teacher=cifar_resnet8", "teacher.training.epochs=15"],
+    "grey3_idx": GREY3_IDX,
     "mnist_bn_lenet5": ["dataset=mnist", "paths.data_dir={data}", "teacher=cifar_resnet8", "model=lenet5"],
     "cifar10_resnet20": [
         "dataset=cifar10_folder",
@@ -151,9 +163,9 @@ def execute(cmd: list[str], log: Path, threads: int) -> None:
         raise RuntimeError(f"failed ({done.returncode}): {' '.join(cmd[1:])}; {''.join(said[-1:])}see {log}")
 
 
-def write_grey_idx(data: Path, out: Path) -> None:
-    """The ``grey_idx`` setting's files: the CIFAR-10 split, greyscale 28x28, as IDX files (once)."""
-    folder = out / "grey-idx"
+def write_grey_idx(data: Path, out: Path, classes: tuple[str, ...] = (), name: str = "grey-idx") -> None:
+    """A setting's IDX files (once): the CIFAR-10 split in grey at 28x28, of ``classes`` (all if empty), relabelled."""
+    folder = out / name
     if (folder / "test-labels.gz").exists():
         return
     import numpy as np
@@ -164,14 +176,25 @@ def write_grey_idx(data: Path, out: Path) -> None:
     for part in ("train", "test"):
         images = ImageFolderDataset(data / "cifar10" / "test", 28, channels=1, split=part,
                                     split_file=out / "cifar10-split.json")  # fmt: skip
-        pixels = np.stack([(images[i][0][0].numpy() * 255).round().astype(np.uint8) for i in range(len(images))])
-        labels = np.array([y for _, y in images.samples], dtype=np.uint8)
+        wanted = [images.classes.index(c) for c in classes] if classes else list(range(len(images.classes)))
+        kept = [i for i, (_, y) in enumerate(images.samples) if y in wanted]
+        pixels = np.stack([(images[i][0][0].numpy() * 255).round().astype(np.uint8) for i in kept])
+        labels = np.array([wanted.index(images.samples[i][1]) for i in kept], dtype=np.uint8)
         write_idx(folder / f"{part}-images.gz", pixels)
         write_idx(folder / f"{part}-labels.gz", labels)
 
 
+# grey3_idx: three well-separated CIFAR-10 classes, on which a LeNet-5 (no BatchNorm) passes 0.8.
+GREY3_CLASSES = ("automobile", "deer", "ship")
+
+
+def write_grey3_idx(data: Path, out: Path) -> None:
+    """The ``grey3_idx`` setting's files: ``GREY3_CLASSES`` of the CIFAR-10 split, grey 28x28, as IDX files."""
+    write_grey_idx(data, out, GREY3_CLASSES, "grey3-idx")
+
+
 # Settings whose data files the panel makes first, from DATA into OUT: name -> maker(data, out).
-MAKES_ITS_DATA = {"grey_idx": write_grey_idx, "grey_idx_bn": write_grey_idx}
+MAKES_ITS_DATA = {"grey_idx": write_grey_idx, "grey_idx_bn": write_grey_idx, "grey3_idx": write_grey3_idx}
 
 
 def teacher_overrides(setting: str, data: Path, out: Path) -> list[str]:

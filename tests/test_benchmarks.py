@@ -122,6 +122,21 @@ def test_the_grey_idx_setting_is_the_cifar_split_in_grey_as_idx_files(tmp_path):
             assert torch.allclose(x, x_ref, atol=0.5 / 255)
 
 
+def test_the_grey3_idx_setting_keeps_its_classes_only_relabelled_from_0(tmp_path):
+    panel = load_panel()
+    rng = np.random.default_rng(0)
+    for name in ("airplane", "automobile", "deer", "ship"):
+        (tmp_path / "data" / "cifar10" / "test" / name).mkdir(parents=True)
+        for i in range(5):
+            pixels = rng.integers(0, 256, (32, 32, 3), dtype=np.uint8)
+            Image.fromarray(pixels).save(tmp_path / "data" / "cifar10" / "test" / name / f"{i:04d}.png")
+    panel.write_grey3_idx(tmp_path / "data", tmp_path / "out")
+    files = {k: tmp_path / "out" / "grey3-idx" / f"train-{k}.gz" for k in ("images", "labels")}
+    idx = IDXDataset(files["images"], files["labels"])
+    assert len(idx) == 3 * 4 and sorted(set(idx.targets.tolist())) == [0, 1, 2]  # 4 of each class's 5 train
+    assert panel.GREY3_CLASSES == ("automobile", "deer", "ship")
+
+
 def test_every_configuration_of_the_speed_benchmark_composes():
     spec = importlib.util.spec_from_file_location("speed", ROOT / "benchmarks" / "speed.py")
     speed = importlib.util.module_from_spec(spec)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import math
+from pathlib import Path
 
 import pytest
 import torch
@@ -278,3 +279,31 @@ def test_a_batchnorm_teacher_logs_the_batchnorm_gap_every_epoch(tmp_path, make_s
     gaps = [h["latest_bn_gap"] for h in probe.history]
     assert len(gaps) == 2 and all(g > 0 for g in gaps)
     assert trainer.callback_metrics["val_datafree/latest_bn_gap"] == pytest.approx(gaps[-1])
+
+
+def test_the_signal_prefers_an_earlier_epoch_only_beyond_its_sampling_noise(tmp_path):
+    probe = DataFreeProbe(tmp_path, nz=16, monitor="agreement", mode="max")
+    probe.history = [{"epoch": 0, "agreement": 0.90, "probes": 512}, {"epoch": 1, "agreement": 0.60, "probes": 1024}]
+    assert probe.preferred()["epoch"] == 0
+    probe.history[1]["agreement"] = 0.88  # 0.02 below: within the noise of a few hundred probes
+    assert probe.preferred() is None
+    probe.history[1]["agreement"] = 0.95  # the last is the best: delivered as it is
+    assert probe.selected()["epoch"] == 1 and probe.preferred() is None
+
+
+def test_a_run_delivers_the_selected_student_where_the_signal_prefers_it(make_cfg, monkeypatch, capsys):
+    from dfad_lightning.systems.dfad import FINAL_STUDENT_PREFIXES
+    from dfad_lightning.tasks import main
+    from dfad_lightning.weights import match_prefix
+
+    monkeypatch.setattr(DataFreeProbe, "preferred", DataFreeProbe.selected)  # as if the signal rated it higher
+    cfg = make_cfg("callbacks.datafree.monitor=latest_mae", "callbacks.datafree.mode=max")
+    main(cfg)
+    results = json.loads((Path(cfg.paths.output_dir) / "results.json").read_text())
+    datafree = results["datafree"]
+    assert datafree["delivered_selected"]
+    delivered = torch.load(results["student_weights"], weights_only=True)
+    kept = torch.load(datafree["selected_checkpoint"], weights_only=True)["state_dict"]
+    selected = match_prefix(kept, delivered, FINAL_STUDENT_PREFIXES)
+    assert delivered.keys() == selected.keys() and all(torch.equal(delivered[k], selected[k]) for k in selected)
+    assert "student.pt holds the selected epoch's student" in capsys.readouterr().out

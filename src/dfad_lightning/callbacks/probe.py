@@ -257,6 +257,24 @@ class DataFreeProbe(Callback):
         sign = -1.0 if self.mode == "min" else 1.0
         return dict(max(self.history, key=lambda h: (sign * h[self.monitor], -h["epoch"])))
 
+    def preferred(self) -> dict[str, Any] | None:
+        """The selected epoch where the signal rates it better than the last beyond its sampling noise, else ``None``.
+
+        The run then delivers that epoch's student instead of the last one. For ``agreement``
+        (higher is better, measured on counted probes) the margin is :func:`sampling_noise`; for
+        other values, any margin.
+        """
+        chosen = self.selected()
+        if chosen is None or chosen["epoch"] == self.history[-1]["epoch"]:
+            return None
+        last, sign = self.history[-1], (-1.0 if self.mode == "min" else 1.0)
+        margin = sign * (chosen[self.monitor] - last[self.monitor])
+        if self.monitor.endswith("agreement"):
+            noise = sampling_noise(chosen[self.monitor], chosen.get("probes"), last[self.monitor], last.get("probes"))
+        else:
+            noise = 0.0
+        return chosen if margin > noise else None
+
     def warnings(self, drop: float = 0.05, floor: float = 0.5, spread: float = 0.7, bn_gap: float = 0.5) -> list[str]:
         """What the signal says went wrong, as sentences with what to try (none if all looks well).
 

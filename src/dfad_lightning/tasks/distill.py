@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import copy
 import time
 from pathlib import Path
 from typing import Any
@@ -11,10 +12,12 @@ import torch
 from lightning import Trainer
 from lightning.pytorch.callbacks import ModelCheckpoint
 from omegaconf import DictConfig, OmegaConf
+from torch import nn
 
 from dfad_lightning.callbacks import DataFreeProbe, MaskGrid, SampleGrid
 from dfad_lightning.files import save_atomic, write_json_atomic
 from dfad_lightning.systems import DFAD
+from dfad_lightning.systems.dfad import FINAL_STUDENT_PREFIXES
 from dfad_lightning.tasks.build import (
     build_callbacks,
     build_datamodule,
@@ -26,7 +29,7 @@ from dfad_lightning.tasks.build import (
 )
 from dfad_lightning.tasks.outputs import RESULTS, fit_resumable, prepare_output_dir, resolve_ckpt_path
 from dfad_lightning.tasks.teacher import load_teacher
-from dfad_lightning.weights import sha256
+from dfad_lightning.weights import load_weights, sha256
 
 STUDENT_FILE = "student.pt"
 TIME_TO_FRACTIONS = (0.9, 0.95)  # results.json says when the student first reached these fractions of the teacher
@@ -59,7 +62,10 @@ def distill(cfg: DictConfig) -> dict[str, Any]:
     if not trainer.is_global_zero:
         return {}
 
-    save_atomic(system.final_student.state_dict(), out / STUDENT_FILE)
+    delivered = delivered_student(system, trainer)
+    save_atomic(
+        delivered.state_dict() if delivered is not None else system.final_student.state_dict(), out / STUDENT_FILE
+    )
     results = summarize(cfg, system, trainer, out, teacher_file, wall_time=time.perf_counter() - start)
     write_json_atomic(results, out / RESULTS)
     print(report(results))
@@ -102,6 +108,21 @@ def summarize(
     return results
 
 
+def delivered_student(system: DFAD, trainer: Trainer) -> nn.Module | None:
+    """The student of the epoch the data-free signal prefers to the last one (``None``: the last one is delivered).
+
+    Read from the checkpoint the signal kept (``datafree-best.ckpt``), where the probe rates its
+    epoch better than the last beyond its sampling noise (:meth:`DataFreeProbe.preferred`).
+    """
+    probe = next((cb for cb in trainer.callbacks if isinstance(cb, DataFreeProbe)), None)  # type: ignore[attr-defined]
+    keep = next((cb for cb in trainer.callbacks if isinstance(cb, ModelCheckpoint)), None)  # type: ignore[attr-defined]
+    if probe is None or keep is None or not keep.best_model_path or probe.preferred() is None:
+        return None
+    student = copy.deepcopy(system.final_student)
+    load_weights(student, keep.best_model_path, "callbacks.datafree_best", "model", FINAL_STUDENT_PREFIXES)
+    return student
+
+
 def _number(value: torch.Tensor) -> float | None:
     """A JSON number, or ``None`` for a score never measured (NaN: no real data)."""
     return None if bool(torch.isnan(value)) else round(float(value), 6)
@@ -113,12 +134,14 @@ def datafree_summary(trainer: Trainer) -> dict[str, Any] | None:
     if probe is None or not probe.history:
         return None
     keep = next((cb for cb in trainer.callbacks if isinstance(cb, ModelCheckpoint)), None)  # type: ignore[attr-defined]
-    selected = probe.selected()
+    selected, preferred = probe.selected(), probe.preferred()
     return {
         "final": {k: round(v, 6) for k, v in probe.history[-1].items() if k not in ("epoch", "real") and v is not None},
         "selected_epoch": selected["epoch"] if selected else None,
         "selected_real_score": selected["real"] if selected else None,
         "selected_checkpoint": keep.best_model_path or None if keep is not None else None,
+        # Whether student.pt is the selected epoch's student (rated better than the last beyond the noise).
+        "delivered_selected": preferred is not None and keep is not None and bool(keep.best_model_path),
         "warnings": probe.warnings(),
     }
 
@@ -143,6 +166,12 @@ def report(results: dict[str, Any]) -> str:
             f"  data-free teacher/student agreement on the run's own probes: {signal['agreement']:.4f}\n"
             f"  data-free selection: epoch {datafree['selected_epoch']}, {datafree['selected_checkpoint']}\n"
         )
+        if datafree.get("delivered_selected"):
+            real = datafree.get("selected_real_score")
+            scored = "" if real is None else f" ({name} {real:.4f})"
+            lines += (
+                f"  {STUDENT_FILE} holds the selected epoch's student{scored}: the signal rates it above the last\n"
+            )
     for warning in datafree.get("warnings", []):
         lines += f"  WARNING: {warning};\n    {advice(results.get('recipe', 'paper'))}\n"
     recipe = "" if results.get("recipe", "paper") == "paper" else f", {results['recipe']} recipe"

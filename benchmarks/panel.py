@@ -15,15 +15,15 @@ Settings (CPU-sized: 300 iterations of batch 128, a narrow Generator-A, LeNet-5-
 - ``cifar10``: a harder natural-image setting: a copy of the CIFAR-10 *test* images as class
   folders, split per class (seeded, saved) into 8,000 images that train a LeNet-5 colour teacher
   and 2,000 held out to evaluate;
+- ``grey3_idx``: images harder than digits with a teacher without BatchNorm above 0.8: three
+  well-separated CIFAR-10 classes (``GREY3_CLASSES``) of the split below, grey 28x28, as IDX
+  files, with a LeNet-5 teacher (the kind of setting on which the recipe was found to forget what
+  it learnt, with nothing to anchor its samples);
 - ``grey_idx`` (run by name: a check added after the recipe was fixed): the same split, greyscale 28x28,
   written as IDX files and read through ``dataset=idx`` with a LeNet-5 teacher: the path a user of a
   new MNIST-format dataset takes, on images that are not digits;
 - ``cifar10_bn`` (run by name, the same kind of check): the CIFAR-10 split with a ResNet-8 colour
   teacher, BatchNorm throughout (15 epochs of ``task=teacher``);
-- ``grey3_idx`` (run by name): images harder than digits with a teacher without BatchNorm above
-  0.8: three well-separated CIFAR-10 classes (``GREY3_CLASSES``) of the same split, grey 28x28,
-  as IDX files, with a LeNet-5 teacher (the kind of setting on which the recipe was found to
-  forget what it learnt, with nothing to anchor its samples);
 - ``grey_idx_bn`` (run by name, a third BatchNorm teacher): ``grey_idx``'s files with a ResNet-8
   teacher (15 epochs), and ``dataset=idx``'s mean and std of 0.5, which do not standardise these
   images;
@@ -120,7 +120,7 @@ SETTINGS: dict[str, list[str]] = {
 }
 # Settings that distil another setting's teacher (to another student): setting -> the teacher's setting.
 SHARES_TEACHER = {"mnist_bn_lenet5": "mnist_bn"}
-PANEL = ["digits", "mnist", "mnist_bn", "cifar10"]  # what runs by default; the checks by name (--settings)
+PANEL = ["digits", "mnist", "mnist_bn", "cifar10", "grey3_idx"]  # what runs by default; the checks by name (--settings)
 # Settings whose teacher is not trained here: digits trains it on the fly, cifar10_resnet20 brings its own.
 OWN_TEACHER = {"digits", "cifar10_resnet20"}
 

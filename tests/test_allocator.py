@@ -12,14 +12,14 @@ from dfad_lightning.allocator import keep_freed_memory
 
 GLIBC = platform.libc_ver()[0] == "glibc"
 
-# A step-like loop: a 64 MiB block allocated, written and freed five times; the minor page faults it took.
+# A step-like loop: a 64 MiB block allocated, written and freed ten times; the minor page faults it took.
 LOOP = """
 import resource, sys, torch
 from dfad_lightning.allocator import keep_freed_memory
 if sys.argv[1] == "keep":
     assert keep_freed_memory()
 before = resource.getrusage(resource.RUSAGE_SELF).ru_minflt
-for _ in range(5):
+for _ in range(10):
     torch.ones(16 * 2**20)
 print(resource.getrusage(resource.RUSAGE_SELF).ru_minflt - before)
 """
@@ -44,5 +44,5 @@ def test_freed_blocks_are_reused_instead_of_faulted_in_again():
         for mode in ("keep", "default")
     }  # fmt: skip
     pages = 16 * 2**20 * 4 // 4096  # one block's pages
-    assert faults["default"] >= 4 * pages  # every block mapped afresh: its pages faulted in each time
-    assert faults["keep"] <= 2 * pages  # the first block's pages, then reused
+    assert faults["default"] >= 8 * pages  # every block mapped afresh: its pages faulted in each time
+    assert faults["keep"] <= 3 * pages  # the heap's first blocks (how many depends on the libc), then reused

@@ -127,6 +127,31 @@ def test_priors_add_to_the_generators_loss_and_only_there(make_system):
     assert torch.equal(plain.generator_loss(s, t), losses.negative(losses.mae(s, t)))
 
 
+def test_image_priors_add_to_the_synthesis_loss_in_the_game_and_the_warmup(make_system):
+    plain, primed = (
+        make_system(objective={"one_hot": 1.0}),
+        make_system(objective={"one_hot": 1.0, "tv": 0.5, "l2": 0.01}),
+    )
+    x = plain.generator(torch.randn(8, 16))
+    image = 0.5 * losses.total_variation(x) + 0.01 * torch.linalg.vector_norm(x)
+    for warmup in (False, True):
+        assert torch.allclose(primed.synthesis_loss(x, warmup), plain.synthesis_loss(x, warmup) + image)
+    moved = x + torch.randn_like(x)  # the variation the input-maker trains on; the priors judge the batch itself
+    assert torch.allclose(primed.synthesis_loss(moved, inputs=x), plain.synthesis_loss(moved) + image)
+
+
+def test_the_total_variation_prior_smooths_the_generators_images(make_system):
+    system = make_system(objective={"tv": 1.0, "adversarial_weight": 0.0})
+    optimizer = torch.optim.Adam(system.generator.parameters(), lr=1e-2)
+    z = torch.randn(8, 16)
+    before = float(losses.total_variation(system.generator(z)))
+    for _ in range(20):
+        optimizer.zero_grad()
+        system.synthesis_loss(system.generator(z)).backward()
+        optimizer.step()
+    assert float(losses.total_variation(system.generator(z))) < 0.8 * before
+
+
 def test_the_batchnorm_prior_shapes_the_generators_gradient(make_system):
     grads = []
     for weight in (0.0, 1.0):

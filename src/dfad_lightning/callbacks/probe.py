@@ -275,14 +275,14 @@ class DataFreeProbe(Callback):
             noise = 0.0
         return chosen if margin > noise else None
 
-    def warnings(self, drop: float = 0.05, floor: float = 0.5, spread: float = 0.7, bn_gap: float = 0.5) -> list[str]:
+    def warnings(self, drop: float = 0.05, floor: float = 0.7, spread: float = 0.7, bn_gap: float = 0.5) -> list[str]:
         """What the signal says went wrong, as sentences with what to try (none if all looks well).
 
         Judged from the run's own probes only, so it works without real data: the student's
         agreement with the teacher on the probe set ``drop`` or more below its peak at the end (the
         student forgot what it had learnt: the game was unstable), falling over each of the last
         two epochs by ``drop / 2`` or more in all (it is still getting worse), below ``floor``
-        (it mostly disagrees), or the teacher's classes of the generator's latest samples spread
+        (it is far from following the teacher), or the teacher's classes of the generator's latest samples spread
         less than ``spread`` (see :meth:`class_spread`: the generator collapsed onto a few
         classes, and the student learns little of the others), or, on a teacher with BatchNorm
         layers, the latest samples' statistics there ``bn_gap`` or more from the teacher's data

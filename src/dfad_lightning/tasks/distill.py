@@ -150,8 +150,8 @@ def advice(recipe: str) -> str:
     """What to try when the data-free signal says the student is not following the teacher."""
     first = "" if recipe == "robust" else "recipe=robust (the recommended recipe), "
     return (
-        f"try {first}a lower generator LR (system.generator_optimizer.lr), more iterations "
-        "(trainer.max_epochs), or the student the signal selected (data-free selection above)"
+        f"try {first}more iterations (trainer.max_epochs), the student the signal selected "
+        "(data-free selection above), or another generator LR (system.generator_optimizer.lr)"
     )
 
 

@@ -182,6 +182,7 @@ def test_generic_datasets_train_with_the_robust_recipe(make_cfg, dataset):
     system = cfg.system
     assert system.learning.replay_size > 0 and system.average.decay is not None and system.learning.reuse > 1
     assert system.objective.one_hot > 0 and system.objective.balance > 0 and system.objective.bn_prior > 0
+    assert system.objective.tv > 0  # an image prior that needs no BatchNorm in the teacher
     assert system.learning.minibatches == "auto"  # finer updates where the BatchNorm prior acts
     assert system.inputs.input_affine == "auto"  # and a learnable contrast of the generated inputs
     # Your own data through the CPU-sized MNIST experiment, as a new user runs it: the recipe too.
@@ -200,7 +201,7 @@ def test_the_papers_settings_keep_the_papers_algorithm(make_cfg, experiment):
     system = cfg.system
     assert system.average.decay is None and system.learning.replay_size == 0 and system.learning.reuse == 1
     assert system.learning.minibatches == 1 and system.inputs.input_affine is False
-    assert system.objective.balance == system.objective.one_hot == system.objective.bn_prior == 0
+    assert system.objective.balance == system.objective.one_hot == system.objective.bn_prior == system.objective.tv == 0
 
 
 def test_paper_rows_carry_table_7(make_cfg):

@@ -116,6 +116,17 @@ def test_the_kd_baselines_distil_at_temperature_4(make_cfg, method):
     assert make_cfg(f"method={method}").system.discrepancy.temperature == 4.0
 
 
+PRIORS = ("one_hot", "balance", "bn_prior", "tv", "l2")
+
+
+@pytest.mark.parametrize("method", ["dafl", "dfq", "zskt", "deepinversion", "cmi", "fast"])
+def test_a_method_with_priors_of_its_own_keeps_them_under_the_robust_recipe(make_cfg, method):
+    def priors(cfg):
+        return {name: cfg.system.objective.get(name, 0.0) for name in PRIORS}
+
+    assert priors(make_cfg(f"method={method}", "recipe=robust")) == priors(make_cfg(f"method={method}", "recipe=paper"))
+
+
 @pytest.mark.parametrize("option", options("adversarial"))
 def test_adversarial_options_turn_the_discrepancy_into_a_loss_to_minimise(make_cfg, option):
     cfg = make_cfg(f"adversarial={option}")

@@ -65,7 +65,7 @@ def test_a_run_with_a_warmup_counts_its_iterations(make_cfg, tmp_path):
 
 
 def test_the_warmup_needs_a_prior_to_train_on(make_system):
-    with pytest.raises(ValueError, match=r"set system\.objective\.balance or system\.objective\.one_hot"):
+    with pytest.raises(ValueError, match=r"set system\.objective\.balance, one_hot or tv above 0"):
         make_system(objective={"warmup": 2})
     with pytest.raises(ValueError, match="BatchNorm"):  # LeNet-5 has none: the prior cannot train anything
         make_system(objective={"warmup": 2, "bn_prior": 1.0})
@@ -83,6 +83,7 @@ def test_a_warmup_without_a_prior_is_one_line_naming_the_key(make_cfg, capsys):
                 "system.objective.balance=0",
                 "system.objective.one_hot=0",
                 "system.objective.bn_prior=1",
+                "system.objective.tv=0",
             )
         )
     err = capsys.readouterr().err

@@ -102,9 +102,9 @@ class Objective(nn.Module):
         if warmup and not self.has_priors:
             raise ConfigError(
                 "system.objective.warmup",
-                "trains the generator on its priors alone, and none acts here: set system.objective.balance or "
-                "system.objective.one_hot above 0 (system.objective.bn_prior acts only on a teacher with BatchNorm "
-                "layers), or system.objective.warmup=0",
+                "trains the generator on its priors alone, and none acts here: set system.objective.balance, "
+                "one_hot or tv above 0 (system.objective.bn_prior acts only on a teacher with BatchNorm layers), "
+                "or system.objective.warmup=0",
             )
 
     @property

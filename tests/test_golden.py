@@ -64,7 +64,7 @@ def fingerprint(state: dict[str, object]) -> dict[str, dict[str, str]]:
 
 @pytest.fixture(scope="module")
 def recorded() -> dict[str, object]:
-    """The recorded hashes, each entry under today's name (they were recorded in checkpoint format 1)."""
+    """The recorded hashes, each entry under today's name (the paper's case was recorded in checkpoint format 1)."""
     if WRITE or not GOLDEN.is_file():
         return {}
     golden = json.loads(GOLDEN.read_text())
